@@ -1,0 +1,789 @@
+//! A Moien participant in Rust, on str0m: joins a room over the WebSocket protocol, publishes
+//! real Opus audio and synthetic VP8 video, and reports everything it receives (payload
+//! integrity, sequence continuity, first keyframe, decoded audio). Tests, the load tester and the
+//! call probe use it.
+
+pub mod media;
+mod peer;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use moien_protocol::{
+    ClientMessage, PROTOCOL_VERSION, ParticipantInfo, PeerRole, PublishTrack, ServerMessage,
+    SubscribedTrack, TrackKind, TrackSource,
+};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+
+use crate::media::{OPUS_FRAME, OpusSink, OpusTone, VideoShape, Vp8Source, check_vp8};
+use crate::peer::Peer;
+
+/// How a simulated participant behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// WebSocket URL, e.g. `ws://127.0.0.1:7880/rtc`.
+    pub url: String,
+    pub token: String,
+    /// Local address for the UDP sockets.
+    pub bind_ip: IpAddr,
+    pub publish_audio: bool,
+    pub publish_video: bool,
+    pub video: VideoShape,
+    pub tone_hz: f32,
+    /// Verify and record every received payload (tests); off for load.
+    pub verify: bool,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            token: token.into(),
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            publish_audio: true,
+            publish_video: true,
+            video: VideoShape::default(),
+            tone_hz: 440.0,
+            verify: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server refused: {code} ({message})")]
+    Refused { code: String, message: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// What one received track looked like.
+#[derive(Debug, Clone, Default)]
+pub struct TrackReport {
+    pub participant_sid: String,
+    pub kind: Option<TrackKind>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// RTP sequence numbers as they arrived (16 bit) of the first packet and the last.
+    pub first_seq: Option<u16>,
+    pub last_seq: Option<u16>,
+    /// Packets whose sequence number was not the previous one plus one.
+    pub seq_discontinuities: u64,
+    pub first_packet_at: Option<Instant>,
+    /// Video: the first packet was the start of a keyframe.
+    pub first_packet_keyframe: bool,
+    /// Video: when the first keyframe was complete (all its packets up to the marker).
+    pub first_keyframe_complete_at: Option<Instant>,
+    /// Video: payloads that failed the byte-for-byte check.
+    pub corrupt_payloads: u64,
+    /// Hashes of received payloads (bounded), to compare with the sender's.
+    pub payload_hashes: Vec<u64>,
+    /// Audio: Opus packets decoded and decode errors.
+    pub audio_frames_decoded: u64,
+    pub audio_decode_errors: u64,
+    pub last_packet_at: Option<Instant>,
+    /// Video key-frame assembly: frame number and packets seen of the first keyframe.
+    key_frame: Option<(u32, u16, u16)>,
+}
+
+/// Everything a client observed, readable at any time.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub me: Option<ParticipantInfo>,
+    /// Every signaling message received, in order (bounded).
+    pub messages: Vec<ServerMessage>,
+    /// Received tracks by track sid.
+    pub tracks: HashMap<String, TrackReport>,
+    /// Hashes of every payload this client sent (bounded).
+    pub sent_hashes: HashSet<u64>,
+    pub sent_audio: u64,
+    pub sent_video: u64,
+    pub keyframes_sent: u64,
+    pub keyframe_requests: u64,
+    pub publisher_connected: bool,
+    pub subscriber_connected: bool,
+    pub joined_at: Option<Instant>,
+    /// Set when the session ended; the reason if the server gave one.
+    pub closed: Option<String>,
+}
+
+const MAX_HASHES: usize = 200_000;
+const MAX_MESSAGES: usize = 10_000;
+
+impl Report {
+    pub fn tracks_of(&self, participant_sid: &str) -> impl Iterator<Item = &TrackReport> {
+        self.tracks
+            .values()
+            .filter(move |t| t.participant_sid == participant_sid)
+    }
+
+    pub fn track_of(&self, participant_sid: &str, kind: TrackKind) -> Option<&TrackReport> {
+        self.tracks_of(participant_sid)
+            .find(|t| t.kind == Some(kind))
+    }
+}
+
+/// Commands to a running client.
+#[derive(Debug)]
+enum Command {
+    Leave,
+    /// Stop all UDP traffic but keep the WebSocket: the participant vanishes from the media
+    /// plane's point of view.
+    GoSilent,
+    Send(ClientMessage),
+}
+
+/// A connected participant.
+pub struct Client {
+    report: Arc<Mutex<Report>>,
+    changed: watch::Receiver<u64>,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<Result<(), ClientError>>,
+    pub participant: ParticipantInfo,
+}
+
+impl Client {
+    /// Connects, joins and (if configured) publishes. Returns once `joined` arrived.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(config.url.as_str()).await?;
+        let (mut sink, mut stream) = ws.split();
+        let join = ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            token: config.token.clone(),
+            room: None,
+        };
+        sink.send(Message::Text(to_json(&join).into())).await?;
+        let joined = loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
+                    Ok(m @ ServerMessage::Joined { .. }) => break m,
+                    Ok(ServerMessage::Error { code, message, .. }) => {
+                        return Err(ClientError::Refused {
+                            code: code.as_str().to_string(),
+                            message,
+                        });
+                    }
+                    Ok(other) => {
+                        return Err(ClientError::Protocol(format!("before joined: {other:?}")));
+                    }
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                },
+                Some(Ok(Message::Close(f))) => {
+                    return Err(ClientError::Protocol(format!(
+                        "closed before joined: {f:?}"
+                    )));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ClientError::Protocol("closed before joined".into())),
+            }
+        };
+        let ServerMessage::Joined { participant, .. } = &joined else {
+            unreachable!("matched above")
+        };
+        let participant = participant.clone();
+        let report = Arc::new(Mutex::new(Report {
+            me: Some(participant.clone()),
+            joined_at: Some(Instant::now()),
+            messages: vec![joined],
+            ..Default::default()
+        }));
+        let (changed_tx, changed) = watch::channel(0u64);
+        let (commands, rx) = mpsc::channel(64);
+        let driver = Driver::new(config, report.clone(), changed_tx).await?;
+        let task = tokio::spawn(driver.run(sink, stream, rx));
+        Ok(Client {
+            report,
+            changed,
+            commands,
+            task,
+            participant,
+        })
+    }
+
+    /// Reads the report.
+    pub fn report<T>(&self, f: impl FnOnce(&Report) -> T) -> T {
+        let r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        f(&r)
+    }
+
+    /// Waits until `f` holds on the report, re-checking whenever the report changes.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Report) -> bool,
+    ) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.report(&mut f) {
+                return Ok(());
+            }
+            tokio::select! {
+                r = self.changed.changed() => {
+                    if r.is_err() {
+                        // The driver ended: one last look.
+                        return if self.report(&mut f) { Ok(()) } else {
+                            Err(ClientError::Timeout(format!("{what} (client stopped)")))
+                        };
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ClientError::Timeout(what.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Sends a raw protocol message (tests of error handling).
+    pub async fn send(&self, msg: ClientMessage) {
+        let _ = self.commands.send(Command::Send(msg)).await;
+    }
+
+    /// Stops sending and answering media without leaving: the server must notice by itself.
+    pub async fn go_silent(&self) {
+        let _ = self.commands.send(Command::GoSilent).await;
+    }
+
+    /// Leaves the room and waits for the client to stop.
+    pub async fn leave(self) -> Result<(), ClientError> {
+        let _ = self.commands.send(Command::Leave).await;
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+}
+
+fn to_json(m: &ClientMessage) -> String {
+    serde_json::to_string(m).unwrap_or_default()
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// A track this client publishes.
+struct Outgoing {
+    mid: Mid,
+    kind: TrackKind,
+    seq: u64,
+    ts: u32,
+}
+
+struct Driver {
+    config: ClientConfig,
+    report: Arc<Mutex<Report>>,
+    changed: watch::Sender<u64>,
+    publisher: Option<Peer>,
+    subscriber: Peer,
+    pending_publish: Option<SdpPendingOffer>,
+    outgoing: Vec<Outgoing>,
+    /// Subscriber m-lines → what they carry (from the latest `subscribe_offer`).
+    incoming: HashMap<Mid, SubscribedTrack>,
+    tone: Option<OpusTone>,
+    video: Option<Vp8Source>,
+    sinks: HashMap<String, OpusSink>,
+    next_audio: Instant,
+    next_video: Instant,
+    next_ping: Instant,
+    silent: bool,
+    version: u64,
+}
+
+impl Driver {
+    async fn new(
+        config: ClientConfig,
+        report: Arc<Mutex<Report>>,
+        changed: watch::Sender<u64>,
+    ) -> Result<Driver, ClientError> {
+        let publishing = config.publish_audio || config.publish_video;
+        let publisher = if publishing {
+            Some(Peer::new(config.bind_ip).await?)
+        } else {
+            None
+        };
+        let subscriber = Peer::new(config.bind_ip).await?;
+        let tone = if config.publish_audio {
+            Some(OpusTone::new(config.tone_hz).map_err(|e| ClientError::Protocol(e.to_string()))?)
+        } else {
+            None
+        };
+        let video = config
+            .publish_video
+            .then(|| Vp8Source::new(config.video, rand::random()));
+        let now = Instant::now();
+        Ok(Driver {
+            config,
+            report,
+            changed,
+            publisher,
+            subscriber,
+            pending_publish: None,
+            outgoing: Vec::new(),
+            incoming: HashMap::new(),
+            tone,
+            video,
+            sinks: HashMap::new(),
+            next_audio: now,
+            next_video: now,
+            next_ping: now + Duration::from_secs(15),
+            silent: false,
+            version: 0,
+        })
+    }
+
+    fn touch(&mut self) {
+        self.version += 1;
+        let _ = self.changed.send(self.version);
+    }
+
+    fn with_report(&mut self, f: impl FnOnce(&mut Report)) {
+        {
+            let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut r);
+        }
+        self.touch();
+    }
+
+    async fn run<S, R>(
+        mut self,
+        mut sink: S,
+        mut stream: R,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), ClientError>
+    where
+        S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+        R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        if let Some(offer) = self.publish_offer() {
+            sink.send(Message::Text(to_json(&offer).into())).await?;
+        }
+        let mut buf_pub = vec![0u8; 2048];
+        let mut buf_sub = vec![0u8; 2048];
+        let result = loop {
+            let mut out: Vec<ClientMessage> = Vec::new();
+            let deadline = self.deadline();
+            let publisher_socket = self.publisher.as_ref().map(|p| p.socket.clone());
+            let subscriber_socket = self.subscriber.socket.clone();
+            tokio::select! {
+                msg = stream.next() => {
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            match serde_json::from_str::<ServerMessage>(&t) {
+                                Ok(m) => {
+                                    if let Some(end) = self.on_server(m, &mut out) {
+                                        break Ok(end);
+                                    }
+                                }
+                                Err(e) => break Err(ClientError::Protocol(e.to_string())),
+                            }
+                        }
+                        Some(Ok(Message::Close(f))) => break Ok(format!("closed: {f:?}")),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break Err(e.into()),
+                        None => break Ok("closed".into()),
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Leave) => {
+                        let _ = sink.send(Message::Text(to_json(&ClientMessage::Leave).into())).await;
+                        let _ = sink.close().await;
+                        break Ok("left".into());
+                    }
+                    Some(Command::GoSilent) => self.silent = true,
+                    Some(Command::Send(m)) => out.push(m),
+                },
+                r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {
+                    if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut()) {
+                        if !self.silent {
+                            p.receive(src, &buf_pub[..n]);
+                        }
+                    }
+                }
+                r = subscriber_socket.recv_from(&mut buf_sub) => {
+                    if let Ok((n, src)) = r {
+                        if !self.silent {
+                            self.subscriber.receive(src, &buf_sub[..n]);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.on_timeout(&mut out);
+                }
+            }
+            self.pump(&mut out);
+            for m in out {
+                sink.send(Message::Text(to_json(&m).into())).await?;
+            }
+        };
+        let reason = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => e.to_string(),
+        };
+        self.with_report(|r| r.closed = Some(reason));
+        result.map(|_| ())
+    }
+
+    fn deadline(&self) -> Instant {
+        let mut d = self.next_ping.min(self.subscriber.timeout);
+        if let Some(p) = &self.publisher {
+            d = d.min(p.timeout);
+            if p.connected && !self.silent {
+                if self.tone.is_some() {
+                    d = d.min(self.next_audio);
+                }
+                if self.video.is_some() {
+                    d = d.min(self.next_video);
+                }
+            }
+        }
+        d
+    }
+
+    fn publish_offer(&mut self) -> Option<ClientMessage> {
+        let p = self.publisher.as_mut()?;
+        let mut api = p.rtc.sdp_api();
+        let mut tracks = Vec::new();
+        if self.config.publish_audio {
+            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            tracks.push((mid, TrackKind::Audio));
+        }
+        if self.config.publish_video {
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            tracks.push((mid, TrackKind::Video));
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending_publish = Some(pending);
+        let rng_seq = || u64::from(rand::random::<u16>() % 30_000);
+        self.outgoing = tracks
+            .iter()
+            .map(|(mid, kind)| Outgoing {
+                mid: *mid,
+                kind: *kind,
+                seq: rng_seq(),
+                ts: rand::random(),
+            })
+            .collect();
+        Some(ClientMessage::PublishOffer {
+            sdp: offer.to_sdp_string(),
+            tracks: tracks
+                .into_iter()
+                .map(|(mid, kind)| PublishTrack {
+                    mid: mid.to_string(),
+                    kind,
+                    source: Some(TrackSource::default_for(kind)),
+                    muted: false,
+                })
+                .collect(),
+        })
+    }
+
+    /// Handles a signaling message; returns `Some(reason)` when the session is over.
+    fn on_server(&mut self, m: ServerMessage, out: &mut Vec<ClientMessage>) -> Option<String> {
+        let mut end = None;
+        match &m {
+            ServerMessage::PublishAnswer { sdp, .. } => {
+                if let (Some(p), Some(pending)) =
+                    (self.publisher.as_mut(), self.pending_publish.take())
+                {
+                    match SdpAnswer::from_sdp_string(sdp) {
+                        Ok(a) => {
+                            if let Err(e) = p.rtc.sdp_api().accept_answer(pending, a) {
+                                debug!("publish answer: {e}");
+                            }
+                        }
+                        Err(e) => debug!("publish answer: {e}"),
+                    }
+                }
+            }
+            ServerMessage::SubscribeOffer { sdp, tracks } => {
+                for t in tracks {
+                    self.incoming.insert(Mid::from(t.mid.as_str()), t.clone());
+                }
+                match SdpOffer::from_sdp_string(sdp) {
+                    Ok(offer) => match self.subscriber.rtc.sdp_api().accept_offer(offer) {
+                        Ok(answer) => out.push(ClientMessage::SubscribeAnswer {
+                            sdp: answer.to_sdp_string(),
+                        }),
+                        Err(e) => debug!("subscribe offer: {e}"),
+                    },
+                    Err(e) => debug!("subscribe offer: {e}"),
+                }
+            }
+            ServerMessage::Leave { reason } => end = Some(format!("removed: {reason:?}")),
+            _ => {}
+        }
+        self.with_report(|r| {
+            if r.messages.len() < MAX_MESSAGES {
+                r.messages.push(m);
+            }
+        });
+        end
+    }
+
+    fn on_timeout(&mut self, out: &mut Vec<ClientMessage>) {
+        let now = Instant::now();
+        if now >= self.next_ping {
+            self.next_ping = now + Duration::from_secs(15);
+            out.push(ClientMessage::Ping {
+                timestamp: now.elapsed().as_millis() as u64,
+            });
+        }
+        self.subscriber.tick(now);
+        if let Some(p) = self.publisher.as_mut() {
+            p.tick(now);
+        }
+        if self.silent {
+            return;
+        }
+        if now >= self.next_audio {
+            self.next_audio += Duration::from_millis(20);
+            if self.next_audio < now {
+                self.next_audio = now + Duration::from_millis(20);
+            }
+            self.send_audio(now);
+        }
+        if now >= self.next_video {
+            let fps = self.config.video.fps.max(1);
+            self.next_video += Duration::from_secs(1) / fps;
+            if self.next_video < now {
+                self.next_video = now + Duration::from_secs(1) / fps;
+            }
+            self.send_video(now);
+        }
+    }
+
+    fn outgoing_pt(&mut self, codec: Codec) -> Option<str0m::media::Pt> {
+        let p = self.publisher.as_ref()?;
+        p.rtc
+            .codec_config()
+            .find(|c| c.spec().codec == codec)
+            .map(|c| c.pt())
+    }
+
+    fn send_audio(&mut self, now: Instant) {
+        let Some(pt) = self.outgoing_pt(Codec::Opus) else {
+            return;
+        };
+        let Some(packet) = self.tone.as_mut().and_then(|t| t.next_packet().ok()) else {
+            return;
+        };
+        let Some(track) = self
+            .outgoing
+            .iter_mut()
+            .find(|o| o.kind == TrackKind::Audio)
+        else {
+            return;
+        };
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        let h = hash(&packet);
+        let ext = ExtensionValues {
+            audio_level: Some(-30),
+            voice_activity: Some(true),
+            ..Default::default()
+        };
+        let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, packet).ext_vals(ext);
+        track.seq += 1;
+        track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
+        let mid = track.mid;
+        if p.write(mid, write) {
+            self.with_report(|r| {
+                r.sent_audio += 1;
+                if r.sent_hashes.len() < MAX_HASHES {
+                    r.sent_hashes.insert(h);
+                }
+            });
+        }
+    }
+
+    fn send_video(&mut self, now: Instant) {
+        let Some(pt) = self.outgoing_pt(Codec::Vp8) else {
+            return;
+        };
+        let Some(src) = self.video.as_mut() else {
+            return;
+        };
+        let ticks = src.frame_duration_ticks();
+        let Some(track) = self
+            .outgoing
+            .iter_mut()
+            .find(|o| o.kind == TrackKind::Video)
+        else {
+            return;
+        };
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        let packets = src.next_frame();
+        let key = packets.first().is_some_and(|p| p.keyframe);
+        let mut hashes = Vec::with_capacity(packets.len());
+        for pkt in packets {
+            hashes.push(hash(&pkt.payload));
+            let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, pkt.payload)
+                .marker(pkt.marker)
+                .nackable(true);
+            track.seq += 1;
+            p.write(track.mid, write);
+        }
+        track.ts = track.ts.wrapping_add(ticks);
+        self.with_report(|r| {
+            r.sent_video += 1;
+            if key {
+                r.keyframes_sent += 1;
+            }
+            for h in hashes {
+                if r.sent_hashes.len() < MAX_HASHES {
+                    r.sent_hashes.insert(h);
+                }
+            }
+        });
+    }
+
+    /// Drains both peers and handles their events.
+    fn pump(&mut self, _out: &mut [ClientMessage]) {
+        let mut events = Vec::new();
+        if let Some(p) = self.publisher.as_mut() {
+            p.drain(&mut events, PeerRole::Publisher);
+        }
+        self.subscriber.drain(&mut events, PeerRole::Subscriber);
+        for (role, ev) in events {
+            self.on_event(role, ev);
+        }
+    }
+
+    fn on_event(&mut self, role: PeerRole, ev: Event) {
+        match ev {
+            Event::Connected => self.with_report(|r| match role {
+                PeerRole::Publisher => r.publisher_connected = true,
+                PeerRole::Subscriber => r.subscriber_connected = true,
+            }),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                debug!(?role, "ICE disconnected");
+            }
+            Event::KeyframeRequest(_) => {
+                if let Some(v) = self.video.as_mut() {
+                    v.request_keyframe();
+                }
+                self.with_report(|r| r.keyframe_requests += 1);
+            }
+            Event::RtpPacket(pkt) if role == PeerRole::Subscriber => self.on_rtp(pkt),
+            _ => {}
+        }
+    }
+
+    fn on_rtp(&mut self, pkt: RtpPacket) {
+        let now = Instant::now();
+        let mid = {
+            let mut api = self.subscriber.rtc.direct_api();
+            api.stream_rx(&pkt.header.ssrc).map(|s| s.mid())
+        };
+        let Some(info) = mid.and_then(|m| self.incoming.get(&m)).cloned() else {
+            return;
+        };
+        let verify = self.config.verify;
+        let mut decoded = None;
+        if verify && info.kind == TrackKind::Audio {
+            let sink = match self.sinks.entry(info.track_sid.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    OpusSink::new().ok().map(|s| v.insert(s))
+                }
+            };
+            decoded = sink.map(|s| s.decode(&pkt.payload).is_ok());
+        }
+        let check = (verify && info.kind == TrackKind::Video).then(|| check_vp8(&pkt.payload));
+        let h = verify.then(|| hash(&pkt.payload));
+        let seq = pkt.header.sequence_number;
+        let len = pkt.payload.len() as u64;
+        let marker = pkt.header.marker;
+        self.with_report(|r| {
+            let t = r.tracks.entry(info.track_sid.clone()).or_default();
+            t.participant_sid = info.participant_sid.clone();
+            t.kind = Some(info.kind);
+            t.packets += 1;
+            t.bytes += len;
+            if let Some(last) = t.last_seq {
+                if seq != last.wrapping_add(1) {
+                    t.seq_discontinuities += 1;
+                }
+            }
+            if t.first_seq.is_none() {
+                t.first_seq = Some(seq);
+                t.first_packet_at = Some(now);
+                t.first_packet_keyframe = matches!(check, Some(Some(c)) if c.keyframe_start);
+            }
+            t.last_seq = Some(seq);
+            t.last_packet_at = Some(now);
+            match decoded {
+                Some(true) => t.audio_frames_decoded += 1,
+                Some(false) => t.audio_decode_errors += 1,
+                None => {}
+            }
+            if let Some(h) = h {
+                if t.payload_hashes.len() < MAX_HASHES {
+                    t.payload_hashes.push(h);
+                }
+            }
+            match check {
+                Some(None) => t.corrupt_payloads += 1,
+                Some(Some(c)) => {
+                    if t.first_keyframe_complete_at.is_none() {
+                        if c.keyframe_start && c.index == 0 {
+                            t.key_frame = Some((c.frame, 1, c.count));
+                        } else if let Some((f, seen, count)) = t.key_frame.as_mut() {
+                            if *f == c.frame && c.index == *seen {
+                                *seen += 1;
+                                if *seen == *count && marker {
+                                    t.first_keyframe_complete_at = Some(now);
+                                }
+                            }
+                        }
+                        if matches!(t.key_frame, Some((_, 1, 1))) && marker {
+                            t.first_keyframe_complete_at = Some(now);
+                        }
+                    }
+                }
+                None => {}
+            }
+        });
+    }
+}
+
+async fn recv_opt(
+    socket: Option<&tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,361 @@
+//! The Moien signaling protocol: every JSON message that crosses the `/rtc` WebSocket, and the
+//! room vocabulary (participants, tracks) shared by the media plane, signaling and clients.
+//!
+//! `docs/PROTOCOL.md` is the prose description of these types; a change here is a change there.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. A `join` with another version is refused with
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest WebSocket message the server accepts; larger ones close the socket with code 1009.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a participant publishes: audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+/// Where a track comes from, as the publisher declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Camera,
+    Microphone,
+    Screen,
+    ScreenAudio,
+    #[default]
+    Unknown,
+}
+
+impl TrackSource {
+    /// The source assumed when the publisher did not say.
+    pub fn default_for(kind: TrackKind) -> Self {
+        match kind {
+            TrackKind::Audio => TrackSource::Microphone,
+            TrackKind::Video => TrackSource::Camera,
+        }
+    }
+}
+
+/// A published track as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Server-assigned track id, unique in the room (`TR_...`).
+    pub sid: String,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub muted: bool,
+    /// Negotiated codec, e.g. `opus`, `vp8`, `vp9`, `h264`, `av1`; empty until known.
+    #[serde(default)]
+    pub codec: String,
+}
+
+/// A room participant as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Server-assigned participant id for this session (`PA_...`).
+    pub sid: String,
+    /// Identity from the access token (`sub`).
+    pub identity: String,
+    /// Display name from the access token, empty when absent.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// A publisher's description of one m-line of its publish offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTrack {
+    /// The transceiver's mid in the offer.
+    pub mid: String,
+    pub kind: TrackKind,
+    #[serde(default)]
+    pub source: Option<TrackSource>,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// Which of the participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRole {
+    /// Client offers, server answers; carries what the participant publishes.
+    Publisher,
+    /// Server offers, client answers; carries what the participant receives.
+    Subscriber,
+}
+
+/// Maps one m-line of a subscriber offer to the track it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedTrack {
+    pub mid: String,
+    pub participant_sid: String,
+    pub track_sid: String,
+    pub kind: TrackKind,
+}
+
+/// An ICE server handed to the client (RFC 7064/7065 URLs), e.g. our bundled TURN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Client → server messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message on a socket. The room comes from the token; `room`, when given, must match.
+    Join {
+        version: u32,
+        token: String,
+        #[serde(default)]
+        room: Option<String>,
+    },
+    /// SDP offer of the publisher peer connection (sent again whenever tracks change).
+    PublishOffer {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<PublishTrack>,
+    },
+    /// SDP answer to the last `subscribe_offer`.
+    SubscribeAnswer {
+        sdp: String,
+    },
+    /// Trickled ICE candidate (`a=candidate` value without the prefix). Optional: the server is
+    /// ICE-lite and learns client addresses from connectivity checks.
+    Candidate {
+        role: PeerRole,
+        candidate: String,
+    },
+    /// The publisher muted or unmuted one of its tracks.
+    Mute {
+        track_sid: String,
+        muted: bool,
+    },
+    Ping {
+        timestamp: u64,
+    },
+    Leave,
+}
+
+/// Server → client messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        version: u32,
+        room: String,
+        participant: ParticipantInfo,
+        /// Everyone else already in the room, with their tracks.
+        participants: Vec<ParticipantInfo>,
+        ice_servers: Vec<IceServer>,
+    },
+    PublishAnswer {
+        sdp: String,
+        /// The tracks the server created for the offer's m-lines.
+        tracks: Vec<PublishedTrack>,
+    },
+    SubscribeOffer {
+        sdp: String,
+        /// Every active m-line of the offer and the track it carries.
+        tracks: Vec<SubscribedTrack>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_sid: String,
+        identity: String,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        participant_sid: String,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_sid: String,
+        track_sid: String,
+    },
+    TrackMuted {
+        participant_sid: String,
+        track_sid: String,
+        muted: bool,
+    },
+    Pong {
+        timestamp: u64,
+    },
+    /// The server ends this participant's session (it is followed by a close).
+    Leave {
+        reason: LeaveReason,
+    },
+    Error {
+        code: ErrorCode,
+        /// The HTTP status that matches `code`, for clients that map errors uniformly.
+        status: u16,
+        message: String,
+    },
+}
+
+/// The server's track for one m-line of a publish offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTrack {
+    pub mid: String,
+    pub track: TrackInfo,
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It said `leave`, closed its socket, or sent WHIP/WHEP `DELETE`.
+    ClientRequest,
+    /// Its media stopped arriving (ICE consent or DTLS timeout).
+    ConnectionLost,
+    /// It never completed ICE/DTLS after negotiating.
+    ConnectTimeout,
+    /// It could not keep up with its signaling messages.
+    SlowConsumer,
+    /// Another session joined with the same identity.
+    DuplicateIdentity,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+/// Stable error codes. Clients match on these, never on `message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message was not valid JSON or not a known message.
+    BadRequest,
+    /// Missing, malformed, forged, expired or not-yet-valid token.
+    Unauthorized,
+    /// The token does not grant this (other room, no publish/subscribe grant).
+    Forbidden,
+    /// The target participant or session does not exist.
+    NotFound,
+    /// The SDP could not be parsed or negotiated.
+    InvalidSdp,
+    /// A message arrived that is not valid in the current state (e.g. anything before `join`).
+    InvalidState,
+    /// The client speaks a protocol version the server does not.
+    UnsupportedVersion,
+    /// The message exceeded a size limit.
+    TooLarge,
+    /// The client sends faster than the server allows.
+    RateLimited,
+    /// The server could not serve the request (overloaded or shutting down).
+    Unavailable,
+    /// An unexpected server fault; the session may continue.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that corresponds to the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidSdp => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidState => 409,
+            ErrorCode::UnsupportedVersion => 426,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            status: code.status(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_use_snake_case_type_tags() {
+        let m = ClientMessage::PublishOffer {
+            sdp: "v=0".into(),
+            tracks: vec![PublishTrack {
+                mid: "0".into(),
+                kind: TrackKind::Audio,
+                source: Some(TrackSource::Microphone),
+                muted: false,
+            }],
+        };
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["type"], "publish_offer");
+        assert_eq!(json["tracks"][0]["kind"], "audio");
+        assert_eq!(json["tracks"][0]["source"], "microphone");
+        let back: ClientMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn error_carries_code_and_status() {
+        let json = serde_json::to_value(ServerMessage::error(ErrorCode::Forbidden, "x")).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["code"], "forbidden");
+        assert_eq!(json["status"], 403);
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::InvalidSdp,
+            ErrorCode::InvalidState,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"launch_missiles"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"leave"}"#).is_ok());
+    }
+}

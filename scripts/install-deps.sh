@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the system packages `make run` and `make test` need, when they are missing.
+# Debian/Ubuntu only; uses apt as root or through sudo. Rust itself comes from rustup.
+set -euo pipefail
+
+what="${1:-test}"
+packages=(pkg-config cmake libopus-dev)
+if [ "$what" = test ]; then
+  packages+=(chromium nodejs npm)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# nodejs/npm may come from elsewhere (nodesource, nvm): accept working binaries.
+if command -v node >/dev/null 2>&1; then missing=("${missing[@]/nodejs}"); fi
+if command -v npm >/dev/null 2>&1; then missing=("${missing[@]/npm}"); fi
+read -r -a missing <<<"${missing[*]}"
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found. Install Rust (1.89 or newer) with rustup: https://rustup.rs" >&2
+  exit 1
+fi

@@ -1,0 +1,103 @@
+//! The message boundary between signaling and the media plane.
+//!
+//! Signaling drives media only through these requests and receives only [`ServerMessage`]s back
+//! (the room vocabulary of `moien-protocol`). In one process they travel over channels; the
+//! prepared `Rtc`s are the only part that cannot cross a network, and a remote media node would
+//! build those itself.
+
+use moien_protocol::{LeaveReason, ParticipantInfo, PublishTrack, PublishedTrack, ServerMessage};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Who is joining and what it may do; filled by signaling from a verified token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParticipantSpec {
+    pub identity: String,
+    pub name: String,
+    pub room: String,
+    pub kind: ParticipantKind,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+}
+
+/// How a participant reaches us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParticipantKind {
+    /// WebSocket protocol: a publisher and a subscriber peer connection.
+    Regular,
+    /// WHIP: one client-offered peer connection that publishes.
+    Whip,
+    /// WHEP: one client-offered peer connection that plays one participant; hidden from others.
+    Whep { target_identity: String },
+}
+
+/// An SDP offer and the client's description of its m-lines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Offer {
+    pub sdp: String,
+    pub tracks: Vec<PublishTrack>,
+}
+
+/// The answer to an [`Offer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub sdp: String,
+    pub tracks: Vec<PublishedTrack>,
+}
+
+/// What a successful join returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Joined {
+    pub participant: ParticipantInfo,
+    pub others: Vec<ParticipantInfo>,
+    /// The answer to the offer carried by a WHIP/WHEP join.
+    pub answer: Option<Answer>,
+}
+
+/// Media-plane failures, each mapping to a protocol error code.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SfuError {
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("not valid now: {0}")]
+    InvalidState(String),
+    #[error("media node unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SfuError {
+    pub fn code(&self) -> moien_protocol::ErrorCode {
+        use moien_protocol::ErrorCode;
+        match self {
+            SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
+            SfuError::NotFound(_) => ErrorCode::NotFound,
+            SfuError::Forbidden(_) => ErrorCode::Forbidden,
+            SfuError::InvalidState(_) => ErrorCode::InvalidState,
+            SfuError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Where a participant's [`ServerMessage`]s go. Bounded: a participant that does not keep up is
+/// removed as a slow consumer rather than letting the queue grow.
+pub type EventSender = mpsc::Sender<ServerMessage>;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
+
+/// Requests for one participant, addressed by its `sid`.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// A publish offer (WebSocket participants re-offer whenever their tracks change).
+    Offer(Offer, Reply<Answer>),
+    SubscribeAnswer(String, Reply<()>),
+    Candidate(moien_protocol::PeerRole, String),
+    Mute {
+        track_sid: String,
+        muted: bool,
+    },
+    Leave(LeaveReason, Reply<()>),
+}

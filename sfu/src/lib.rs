@@ -1,0 +1,262 @@
+//! Moien's media plane: a selective forwarding unit on str0m.
+//!
+//! [`MediaNode`] is what signaling talks to: it places rooms on media workers (one OS thread and
+//! one UDP socket each), builds peer connections off the packet path, and routes requests to the
+//! worker that owns a participant's room. Everything a worker decides lives in the sans-IO
+//! `worker::core`; the vocabulary is in `room`.
+
+pub mod api;
+pub mod config;
+mod demux;
+pub mod keyframe;
+pub mod rewrite;
+mod room;
+mod session;
+pub mod stats;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use moien_protocol::{LeaveReason, PeerRole};
+use tokio::sync::oneshot;
+use tracing::info;
+
+pub use api::{Answer, EventSender, Joined, Offer, ParticipantKind, ParticipantSpec, SfuError};
+pub use config::MediaConfig;
+pub use session::{RtcFactory, SessionRole};
+pub use worker::WorkerSnapshot;
+
+use api::Request;
+use session::PreparedSession;
+use worker::WorkerHandle;
+use worker::core::{Command, Placement};
+
+/// Addresses one participant: the room routes to the worker, the sid to the participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantRef {
+    pub room: String,
+    pub sid: String,
+}
+
+/// The media plane of one node.
+pub struct MediaNode {
+    workers: Vec<WorkerHandle>,
+    placement: Placement,
+    factory: RtcFactory,
+    next_session: AtomicU64,
+}
+
+impl MediaNode {
+    /// Binds every worker's socket and starts the worker threads.
+    pub fn start(config: MediaConfig) -> std::io::Result<Arc<MediaNode>> {
+        let placement: Placement = Arc::new(DashMap::new());
+        let factory = RtcFactory::new();
+        let mut workers = Vec::new();
+        for index in 0..config.worker_count() {
+            let socket = worker::bind(&config, index)?;
+            let port = socket.local_addr()?.port();
+            let advertised: Vec<SocketAddr> = config
+                .advertised_ips()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect();
+            workers.push(worker::spawn(
+                index,
+                config.clone(),
+                socket,
+                advertised,
+                placement.clone(),
+            )?);
+        }
+        info!(workers = workers.len(), "media plane started");
+        Ok(Arc::new(MediaNode {
+            workers,
+            placement,
+            factory,
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// The UDP addresses the workers are bound to.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.local).collect()
+    }
+
+    /// Counters of every worker.
+    pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .iter()
+            .map(|w| w.stats.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    }
+
+    /// Adds a participant. `offer` carries the SDP of a WHIP/WHEP join; the answer comes back in
+    /// [`Joined::answer`].
+    pub async fn join(
+        &self,
+        spec: ParticipantSpec,
+        events: Option<EventSender>,
+        offer: Option<Offer>,
+    ) -> Result<(ParticipantRef, Joined), SfuError> {
+        let index = self.place(&spec.room);
+        let worker = &self.workers[index];
+        let roles: Vec<SessionRole> = match spec.kind {
+            ParticipantKind::Regular => {
+                let mut r = Vec::new();
+                if spec.can_publish {
+                    r.push(SessionRole::Publisher);
+                }
+                if spec.can_subscribe {
+                    r.push(SessionRole::Subscriber);
+                }
+                r
+            }
+            ParticipantKind::Whip => vec![SessionRole::Publisher],
+            ParticipantKind::Whep { .. } => vec![SessionRole::Whep],
+        };
+        let ids: Vec<u64> = roles
+            .iter()
+            .map(|_| self.next_session.fetch_add(1, Ordering::Relaxed))
+            .collect();
+        let factory = self.factory.clone();
+        let advertised = worker.advertised.clone();
+        // Building an Rtc costs about a millisecond of CPU: keep it off the media thread.
+        let sessions: Vec<PreparedSession> = tokio::task::spawn_blocking(move || {
+            let now = Instant::now();
+            roles
+                .into_iter()
+                .zip(ids)
+                .map(|(role, id)| factory.build(id, role, &advertised, now))
+                .collect()
+        })
+        .await
+        .map_err(|e| {
+            self.release(&spec.room);
+            SfuError::Unavailable(e.to_string())
+        })?;
+        let sid = format!("PA_{}", worker::core::random_id());
+        let room = spec.room.clone();
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Join {
+            spec,
+            sid: sid.clone(),
+            sessions,
+            events,
+            offer,
+            reply,
+        };
+        if worker.commands.send(cmd).await.is_err() {
+            self.release(&room);
+            return Err(SfuError::Unavailable("media worker stopped".into()));
+        }
+        let joined = rx
+            .await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))??;
+        Ok((ParticipantRef { room, sid }, joined))
+    }
+
+    pub async fn offer(&self, p: &ParticipantRef, offer: Offer) -> Result<Answer, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(p, Request::Offer(offer, reply)).await?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
+    }
+
+    pub async fn subscribe_answer(&self, p: &ParticipantRef, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(p, Request::SubscribeAnswer(sdp, reply))
+            .await?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
+    }
+
+    pub async fn candidate(
+        &self,
+        p: &ParticipantRef,
+        role: PeerRole,
+        candidate: String,
+    ) -> Result<(), SfuError> {
+        self.request(p, Request::Candidate(role, candidate)).await
+    }
+
+    pub async fn mute(
+        &self,
+        p: &ParticipantRef,
+        track_sid: String,
+        muted: bool,
+    ) -> Result<(), SfuError> {
+        self.request(p, Request::Mute { track_sid, muted }).await
+    }
+
+    pub async fn leave(&self, p: &ParticipantRef, reason: LeaveReason) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(p, Request::Leave(reason, reply)).await?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
+    }
+
+    async fn request(&self, p: &ParticipantRef, request: Request) -> Result<(), SfuError> {
+        let Some(index) = self.placement.get(&p.room).map(|e| e.0) else {
+            return Err(SfuError::NotFound(format!("room {:?} has nobody", p.room)));
+        };
+        let cmd = Command::Participant {
+            sid: p.sid.clone(),
+            request,
+        };
+        self.workers[index]
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))
+    }
+
+    /// Picks the worker for a room (the one that has it, else the least loaded) and counts one
+    /// more participant there.
+    fn place(&self, room: &str) -> usize {
+        if let Some(mut e) = self.placement.get_mut(room) {
+            e.1 += 1;
+            return e.0;
+        }
+        let mut load = vec![0usize; self.workers.len()];
+        for e in self.placement.iter() {
+            if let Some(l) = load.get_mut(e.0) {
+                *l += e.1;
+            }
+        }
+        let least = load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| **l)
+            .map_or(0, |(i, _)| i);
+        // Another join may have placed the room meanwhile: the entry API settles it.
+        let mut entry = self.placement.entry(room.to_string()).or_insert((least, 0));
+        entry.1 += 1;
+        entry.0
+    }
+
+    fn release(&self, room: &str) {
+        self.placement.remove_if_mut(room, |_, (_, count)| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+}
+
+impl Drop for MediaNode {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            // Closing the command channel ends the worker loop.
+            let (tx, _) = tokio::sync::mpsc::channel(1);
+            drop(std::mem::replace(&mut w.commands, tx));
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

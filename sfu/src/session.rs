@@ -1,0 +1,177 @@
+//! One peer connection: its str0m `Rtc`, how it is negotiated, and what its m-lines carry.
+//!
+//! Sessions are built off the packet path (an `Rtc` costs about a millisecond of CPU to
+//! construct) by [`RtcFactory`] and handed to the worker that owns the room.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::change::SdpPendingOffer;
+use str0m::config::DtlsCert;
+use str0m::media::Mid;
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+/// Node-wide unique session id (allocated off the worker, so it is global, not per worker).
+pub type SessionId = u64;
+
+/// What a peer connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRole {
+    /// Client offers; carries the participant's published tracks to us.
+    Publisher,
+    /// We offer; carries the participant's subscriptions to it.
+    Subscriber,
+    /// WHEP: client offers recvonly m-lines; we fill them with one participant's tracks.
+    Whep,
+}
+
+impl SessionRole {
+    pub fn sends(self) -> bool {
+        !matches!(self, SessionRole::Publisher)
+    }
+}
+
+/// A session built off the packet path, ready to be adopted by a worker.
+pub struct PreparedSession {
+    pub(crate) id: SessionId,
+    pub(crate) role: SessionRole,
+    pub(crate) rtc: Box<Rtc>,
+    pub(crate) ufrag: String,
+}
+
+impl std::fmt::Debug for PreparedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSession")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Builds `Rtc`s from one template: ICE-lite, RTP mode, a shared DTLS certificate.
+#[derive(Clone)]
+pub struct RtcFactory {
+    template: RtcConfig,
+}
+
+impl RtcFactory {
+    pub fn new() -> Self {
+        // One certificate for the node: per-Rtc key generation would double construction cost.
+        let provider = str0m::crypto::from_feature_flags();
+        let mut template = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, true)
+            .enable_vp8(true)
+            .enable_vp9(true)
+            .enable_h264(true)
+            .enable_av1(true)
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        if let Some(cert) = provider.dtls_provider.generate_certificate() {
+            template = template.set_dtls_cert(cert);
+        }
+        RtcFactory { template }
+    }
+
+    /// The node's DTLS certificate, if one was pre-generated.
+    pub fn dtls_cert(&self) -> Option<&DtlsCert> {
+        self.template.dtls_cert()
+    }
+
+    /// Builds one session advertising `candidates` (the owning worker's addresses).
+    pub fn build(
+        &self,
+        id: SessionId,
+        role: SessionRole,
+        candidates: &[SocketAddr],
+        now: Instant,
+    ) -> PreparedSession {
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut config = self.template.clone().set_local_ice_credentials(creds);
+        if role.sends() {
+            // Pacing exists only with BWE on (str0m #368); it also feeds layer allocation.
+            config = config.enable_bwe(Some(Bitrate::kbps(1_500)));
+        }
+        let mut rtc = config.build(now);
+        for addr in candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        PreparedSession {
+            id,
+            role,
+            rtc: Box::new(rtc),
+            ufrag,
+        }
+    }
+}
+
+impl Default for RtcFactory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A session adopted by a worker.
+pub(crate) struct Session {
+    pub role: SessionRole,
+    pub participant: u64,
+    pub rtc: Box<Rtc>,
+    pub ufrag: String,
+    /// Remote addresses learned for this session (bounded), to clean the demux map.
+    pub addrs: Vec<SocketAddr>,
+    /// Deadline `poll_output` last asked for.
+    pub timeout: Option<Instant>,
+    pub connected: bool,
+    pub disconnected_since: Option<Instant>,
+    /// When the session first had a complete negotiation; the connect timeout runs from here.
+    pub negotiated_at: Option<Instant>,
+    /// Subscriber sessions: our outstanding offer, and whether more changes wait for it.
+    pub pending_offer: Option<SdpPendingOffer>,
+    pub needs_offer: bool,
+    /// m-lines whose subscriptions ended and that the next offer stops.
+    pub to_stop: Vec<Mid>,
+    /// Publisher sessions: mid → track id.
+    pub recv_tracks: HashMap<Mid, u64>,
+    /// Publisher sessions: SSRC → track id cache (str0m reports packets by SSRC).
+    pub ssrc_tracks: HashMap<Ssrc, u64>,
+    /// Sending sessions: mid → subscription id.
+    pub send_subs: HashMap<Mid, u64>,
+    /// WHEP sessions: the client's recvonly m-lines in offer order.
+    pub whep_slots: Vec<(Mid, moien_protocol::TrackKind)>,
+    /// Set when str0m returned an error or panicked: the session is removed.
+    pub failed: bool,
+}
+
+/// Most remote addresses one session keeps in the demux map (ICE restarts and roaming add more).
+pub(crate) const MAX_ADDRS_PER_SESSION: usize = 8;
+
+impl Session {
+    pub fn new(prepared: PreparedSession, participant: u64) -> Self {
+        Session {
+            role: prepared.role,
+            participant,
+            rtc: prepared.rtc,
+            ufrag: prepared.ufrag,
+            addrs: Vec::new(),
+            timeout: None,
+            connected: false,
+            disconnected_since: None,
+            negotiated_at: None,
+            pending_offer: None,
+            needs_offer: false,
+            to_stop: Vec::new(),
+            recv_tracks: HashMap::new(),
+            ssrc_tracks: HashMap::new(),
+            send_subs: HashMap::new(),
+            whep_slots: Vec::new(),
+            failed: false,
+        }
+    }
+}

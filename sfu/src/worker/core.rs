@@ -1,0 +1,1487 @@
+//! The sans-IO heart of a media worker: its rooms, participants, sessions, tracks and
+//! subscriptions, the demultiplexer and the timer heap. Time and datagrams come in as arguments;
+//! datagrams to send and signaling messages go out. No socket, clock or thread in here.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use moien_protocol::{
+    LeaveReason, ParticipantInfo, PublishTrack, PublishedTrack, ServerMessage, SubscribedTrack,
+    TrackKind, TrackSource,
+};
+use rand::Rng;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output};
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    Answer, Joined, Offer, ParticipantKind, ParticipantSpec, Reply, Request, SfuError,
+};
+use crate::config::MediaConfig;
+use crate::demux::{Demux, Route};
+use crate::keyframe::{KeyframeThrottle, is_keyframe_start};
+use crate::rewrite::Rewriter;
+use crate::room::{
+    Participant, ParticipantId, Room, Subscription, SubscriptionId, Track, TrackId,
+    participant_info,
+};
+use crate::session::{MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId, SessionRole};
+use crate::stats::WorkerStats;
+
+/// How often housekeeping (throttled keyframe requests, timeouts) runs.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// A subscription still waiting for a keyframe after this long asks again.
+const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+
+/// Commands from the node to a worker.
+pub(crate) enum Command {
+    Join {
+        spec: ParticipantSpec,
+        sid: String,
+        sessions: Vec<PreparedSession>,
+        events: Option<crate::api::EventSender>,
+        offer: Option<Offer>,
+        reply: Reply<Joined>,
+    },
+    Participant {
+        sid: String,
+        request: Request,
+    },
+}
+
+/// Per-room placement shared by the node and its workers: which worker owns a room and how
+/// many participants it has there. The worker updates it when participants leave.
+pub(crate) type Placement = Arc<DashMap<String, (usize, usize)>>;
+
+pub(crate) struct WorkerCore {
+    index: usize,
+    config: MediaConfig,
+    /// Our addresses as advertised in candidates; `Receive::destination` uses them.
+    local_addrs: Vec<SocketAddr>,
+    placement: Placement,
+    sessions: HashMap<SessionId, Session>,
+    demux: Demux,
+    participants: HashMap<ParticipantId, Participant>,
+    by_sid: HashMap<String, ParticipantId>,
+    rooms: HashMap<String, Room>,
+    tracks: HashMap<TrackId, Track>,
+    subs: HashMap<SubscriptionId, Subscription>,
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Events drained from sessions, handled in order after each mutation.
+    events: VecDeque<(SessionId, Event)>,
+    transmits: Vec<Transmit>,
+    /// Subscriber sessions that need a new offer once the current operation is done.
+    renegotiate: HashSet<SessionId>,
+    /// Participants to remove once the current operation is done (found mid-operation).
+    removals: Vec<(ParticipantId, LeaveReason)>,
+    /// Reused per forwarded packet so fan-out allocates nothing.
+    scratch: Vec<SubscriptionId>,
+    next_id: u64,
+    next_housekeeping: Option<Instant>,
+    pub stats: WorkerStats,
+}
+
+impl WorkerCore {
+    pub fn new(
+        index: usize,
+        config: MediaConfig,
+        local_addrs: Vec<SocketAddr>,
+        placement: Placement,
+    ) -> Self {
+        WorkerCore {
+            index,
+            config,
+            local_addrs,
+            placement,
+            sessions: HashMap::new(),
+            demux: Demux::default(),
+            participants: HashMap::new(),
+            by_sid: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            subs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            transmits: Vec::new(),
+            renegotiate: HashSet::new(),
+            removals: Vec::new(),
+            scratch: Vec::new(),
+            next_id: 1,
+            next_housekeeping: None,
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// Datagrams to send, drained by the I/O shell.
+    pub fn take_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.transmits.drain(..)
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// The next instant at which [`WorkerCore::handle_timeout`] must run.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        // Drop stale heap entries so the top is a real deadline.
+        while let Some(Reverse((t, sid))) = self.timers.peek().copied() {
+            match self.sessions.get(&sid) {
+                Some(s) if s.timeout == Some(t) => break,
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        let session = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (session, self.next_housekeeping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ------------------------------------------------------------------ input: network
+
+    /// One datagram arrived on this worker's socket.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        let session_id = match self.demux.route(source, data) {
+            Route::Session(id) => id,
+            Route::Drop => {
+                self.stats.datagrams_dropped += 1;
+                return;
+            }
+        };
+        let destination = self.local_addr_for(source);
+        let Ok(contents) = Receive::new(Protocol::Udp, source, destination, data) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let input = Input::Receive(now, contents);
+        // The ufrag routed this datagram, but only str0m can verify it (MESSAGE-INTEGRITY).
+        if !session.rtc.accepts(&input) {
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| session.rtc.handle_input(input)));
+        match result {
+            Ok(Ok(())) => {
+                if !session.addrs.contains(&source) && session.addrs.len() < MAX_ADDRS_PER_SESSION {
+                    session.addrs.push(source);
+                    self.demux.learn(source, session_id);
+                }
+            }
+            Ok(Err(e)) => debug!(session = session_id, "input rejected: {e}"),
+            Err(_) => {
+                warn!(
+                    session = session_id,
+                    "str0m panicked on input; dropping session"
+                );
+                session.failed = true;
+            }
+        }
+        self.drain(session_id, now);
+        self.process(now);
+    }
+
+    fn local_addr_for(&self, source: SocketAddr) -> SocketAddr {
+        self.local_addrs
+            .iter()
+            .find(|a| a.is_ipv4() == source.is_ipv4())
+            .or_else(|| self.local_addrs.first())
+            .copied()
+            .unwrap_or(source)
+    }
+
+    // ------------------------------------------------------------------ input: time
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, sid))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let due = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.timeout == Some(t));
+            if !due {
+                continue;
+            }
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.timeout = None;
+                let r = catch_unwind(AssertUnwindSafe(|| s.rtc.handle_input(Input::Timeout(now))));
+                if !matches!(r, Ok(Ok(()))) {
+                    s.failed = true;
+                }
+            }
+            self.drain(sid, now);
+        }
+        if self.next_housekeeping.is_none_or(|t| t <= now) {
+            self.housekeeping(now);
+            self.next_housekeeping = (!self.participants.is_empty()).then(|| now + HOUSEKEEPING);
+        }
+        self.process(now);
+    }
+
+    // ------------------------------------------------------------------ input: commands
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Join {
+                spec,
+                sid,
+                sessions,
+                events,
+                offer,
+                reply,
+            } => {
+                let result = self.join(now, spec, sid, sessions, events, offer);
+                let _ = reply.send(result);
+            }
+            Command::Participant { sid, request } => {
+                let Some(&pid) = self.by_sid.get(&sid) else {
+                    reply_not_found(request, &sid);
+                    return;
+                };
+                self.handle_request(now, pid, request);
+            }
+        }
+        self.process(now);
+        if self.next_housekeeping.is_none() && !self.participants.is_empty() {
+            self.next_housekeeping = Some(now + HOUSEKEEPING);
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        spec: ParticipantSpec,
+        sid: String,
+        sessions: Vec<PreparedSession>,
+        events: Option<crate::api::EventSender>,
+        offer: Option<Offer>,
+    ) -> Result<Joined, SfuError> {
+        let room_name = spec.room.clone();
+        if self.participants.len() >= self.config.max_participants_per_worker {
+            self.release_placement(&room_name);
+            return Err(SfuError::Unavailable("media worker is full".into()));
+        }
+        // A WHEP viewer needs its target present.
+        if let ParticipantKind::Whep { target_identity } = &spec.kind {
+            if self.find_identity(&room_name, target_identity).is_none() {
+                self.release_placement(&room_name);
+                return Err(SfuError::NotFound(format!(
+                    "no participant {target_identity:?} in the room"
+                )));
+            }
+        }
+        // One identity, one session: a rejoin (reload, second device) replaces the old one.
+        if !matches!(spec.kind, ParticipantKind::Whep { .. }) {
+            if let Some(old) = self.find_identity(&room_name, &spec.identity) {
+                self.remove_participant(now, old, LeaveReason::DuplicateIdentity);
+            }
+        }
+
+        let pid = self.new_id();
+        let mut participant = Participant {
+            sid: sid.clone(),
+            identity: spec.identity,
+            name: spec.name,
+            room: room_name.clone(),
+            kind: spec.kind,
+            can_publish: spec.can_publish,
+            can_subscribe: spec.can_subscribe,
+            publisher: None,
+            subscriber: None,
+            tracks: Vec::new(),
+            subscriptions: Vec::new(),
+            events,
+        };
+        for prepared in sessions {
+            let id = prepared.id;
+            match prepared.role {
+                SessionRole::Publisher => participant.publisher = Some(id),
+                SessionRole::Subscriber | SessionRole::Whep => participant.subscriber = Some(id),
+            }
+            self.demux.register_ufrag(prepared.ufrag.clone(), id);
+            self.sessions.insert(id, Session::new(prepared, pid));
+        }
+        self.participants.insert(pid, participant);
+        self.by_sid.insert(sid, pid);
+
+        let answer = match offer {
+            Some(offer) => match self.accept_offer(now, pid, offer) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.forget_participant(pid);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+
+        let others: Vec<ParticipantInfo> = self
+            .rooms
+            .get(&room_name)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter_map(|id| self.participants.get(id))
+                    .filter(|p| !p.hidden())
+                    .map(|p| participant_info(p, &self.tracks))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.rooms
+            .entry(room_name.clone())
+            .or_insert_with(|| Room {
+                participants: Vec::new(),
+            })
+            .participants
+            .push(pid);
+
+        let p = &self.participants[&pid];
+        let info = participant_info(p, &self.tracks);
+        info!(worker = self.index, participant = %p.sid, "participant joined");
+        if !p.hidden() {
+            self.broadcast(
+                &room_name,
+                pid,
+                ServerMessage::ParticipantJoined {
+                    participant: info.clone(),
+                },
+            );
+        }
+        // Subscribe the newcomer to everything already published.
+        self.subscribe_to_room(now, pid);
+        Ok(Joined {
+            participant: info,
+            others,
+            answer,
+        })
+    }
+
+    fn find_identity(&self, room: &str, identity: &str) -> Option<ParticipantId> {
+        self.rooms
+            .get(room)?
+            .participants
+            .iter()
+            .copied()
+            .find(|id| {
+                self.participants
+                    .get(id)
+                    .is_some_and(|p| p.identity == identity && !p.hidden())
+            })
+    }
+
+    fn handle_request(&mut self, now: Instant, pid: ParticipantId, request: Request) {
+        match request {
+            Request::Offer(offer, reply) => {
+                let r = self.accept_offer(now, pid, offer);
+                let _ = reply.send(r);
+            }
+            Request::SubscribeAnswer(sdp, reply) => {
+                let r = self.accept_subscribe_answer(now, pid, &sdp);
+                let _ = reply.send(r);
+            }
+            Request::Candidate(role, candidate) => {
+                let p = &self.participants[&pid];
+                let sid = match role {
+                    moien_protocol::PeerRole::Publisher => p.publisher,
+                    moien_protocol::PeerRole::Subscriber => p.subscriber,
+                };
+                let parsed = str0m::Candidate::from_sdp_string(&candidate);
+                if let (Some(sid), Ok(c)) = (sid, parsed) {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.rtc.add_remote_candidate(c);
+                        self.drain(sid, now);
+                    }
+                }
+            }
+            Request::Mute { track_sid, muted } => {
+                let p = &self.participants[&pid];
+                let found = p
+                    .tracks
+                    .iter()
+                    .copied()
+                    .find(|t| self.tracks.get(t).is_some_and(|t| t.sid == track_sid));
+                if let Some(tid) = found {
+                    let room = p.room.clone();
+                    let psid = p.sid.clone();
+                    if let Some(t) = self.tracks.get_mut(&tid) {
+                        t.muted = muted;
+                    }
+                    self.broadcast(
+                        &room,
+                        pid,
+                        ServerMessage::TrackMuted {
+                            participant_sid: psid,
+                            track_sid,
+                            muted,
+                        },
+                    );
+                } else {
+                    self.send_to(
+                        pid,
+                        ServerMessage::error(
+                            moien_protocol::ErrorCode::NotFound,
+                            "no such published track",
+                        ),
+                    );
+                }
+            }
+            Request::Leave(reason, reply) => {
+                self.remove_participant(now, pid, reason);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ negotiation
+
+    /// A client offer: the publisher session of a WebSocket or WHIP participant, or a WHEP
+    /// session.
+    fn accept_offer(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        offer: Offer,
+    ) -> Result<Answer, SfuError> {
+        let p = &self.participants[&pid];
+        let session_id = match p.kind {
+            ParticipantKind::Whep { .. } => p.subscriber,
+            _ => {
+                if !p.can_publish {
+                    return Err(SfuError::Forbidden("the token has no publish grant".into()));
+                }
+                p.publisher
+            }
+        }
+        .ok_or_else(|| SfuError::InvalidState("no session accepts offers".into()))?;
+        let sdp = SdpOffer::from_sdp_string(&offer.sdp)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or_else(|| SfuError::InvalidState("session gone".into()))?;
+        let answer = catch_unwind(AssertUnwindSafe(|| session.rtc.sdp_api().accept_offer(sdp)));
+        let answer = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                // A rejected offer must not kill a session that was working.
+                return Err(SfuError::InvalidSdp(e.to_string()));
+            }
+            Err(_) => {
+                session.failed = true;
+                return Err(SfuError::InvalidSdp("offer could not be negotiated".into()));
+            }
+        };
+        if session.negotiated_at.is_none() {
+            session.negotiated_at = Some(now);
+        }
+        let role = session.role;
+        self.drain(session_id, now);
+        // MediaAdded/MediaChanged come out of the drain; handle them with the client's track
+        // descriptions in hand.
+        self.process_offer_events(now, pid, session_id, &offer.tracks);
+        self.process(now);
+        let tracks = match role {
+            SessionRole::Publisher => self.sessions[&session_id]
+                .recv_tracks
+                .iter()
+                .filter_map(|(mid, tid)| {
+                    self.tracks.get(tid).map(|t| PublishedTrack {
+                        mid: mid.to_string(),
+                        track: t.info(),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if role == SessionRole::Whep {
+            self.fill_whep_slots(now, pid);
+        }
+        Ok(Answer {
+            sdp: answer.to_sdp_string(),
+            tracks,
+        })
+    }
+
+    /// Handles the MediaAdded/MediaChanged events an offer produced (others keep their order).
+    fn process_offer_events(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        session_id: SessionId,
+        described: &[PublishTrack],
+    ) {
+        let mut rest = VecDeque::new();
+        while let Some((sid, ev)) = self.events.pop_front() {
+            if sid != session_id {
+                rest.push_back((sid, ev));
+                continue;
+            }
+            match ev {
+                Event::MediaAdded(m) => self.media_added(now, pid, session_id, m, described),
+                Event::MediaChanged(m) => {
+                    if !m.direction.is_receiving() {
+                        let tid = self
+                            .sessions
+                            .get_mut(&session_id)
+                            .and_then(|s| s.recv_tracks.remove(&m.mid));
+                        if let Some(tid) = tid {
+                            self.remove_track(now, tid);
+                        }
+                    }
+                }
+                other => rest.push_back((sid, other)),
+            }
+        }
+        self.events = rest;
+    }
+
+    fn media_added(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        session_id: SessionId,
+        m: str0m::media::MediaAdded,
+        described: &[PublishTrack],
+    ) {
+        let kind = match m.kind {
+            MediaKind::Audio => TrackKind::Audio,
+            MediaKind::Video => TrackKind::Video,
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        match session.role {
+            SessionRole::Publisher => {
+                if !m.direction.is_receiving() {
+                    return;
+                }
+                let desc = described.iter().find(|d| d.mid == m.mid.to_string());
+                let source = desc
+                    .and_then(|d| d.source)
+                    .unwrap_or_else(|| TrackSource::default_for(kind));
+                let muted = desc.is_some_and(|d| d.muted);
+                let codec = session.rtc.media(m.mid).and_then(|media| {
+                    let pt = *media.remote_pts().first()?;
+                    let params = session.rtc.codec_config().find(|p| p.pt() == pt)?;
+                    Some(params.spec().codec)
+                });
+                let tid = self.next_id;
+                self.next_id += 1;
+                session.recv_tracks.insert(m.mid, tid);
+                let track = Track {
+                    sid: format!("TR_{}", random_id()),
+                    participant: pid,
+                    session: session_id,
+                    mid: m.mid,
+                    kind,
+                    source,
+                    muted,
+                    codec,
+                    subscriptions: Vec::new(),
+                    keyframes: KeyframeThrottle::new(self.config.keyframe_interval),
+                };
+                let info = track.info();
+                self.tracks.insert(tid, track);
+                let p = self
+                    .participants
+                    .get_mut(&pid)
+                    .expect("publisher session belongs to a participant");
+                p.tracks.push(tid);
+                let room = p.room.clone();
+                let psid = p.sid.clone();
+                debug!(participant = %psid, track = %info.sid, "track published");
+                self.broadcast(
+                    &room,
+                    pid,
+                    ServerMessage::TrackPublished {
+                        participant_sid: psid,
+                        track: info,
+                    },
+                );
+                self.subscribe_room_to_track(now, tid);
+            }
+            SessionRole::Whep => {
+                if m.direction.is_sending() {
+                    session.whep_slots.push((m.mid, kind));
+                }
+            }
+            SessionRole::Subscriber => {}
+        }
+    }
+
+    fn accept_subscribe_answer(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        sdp: &str,
+    ) -> Result<(), SfuError> {
+        let session_id = self.participants[&pid]
+            .subscriber
+            .ok_or_else(|| SfuError::InvalidState("no subscriber session".into()))?;
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .ok_or_else(|| SfuError::InvalidState("session gone".into()))?;
+        if session.role != SessionRole::Subscriber {
+            return Err(SfuError::InvalidState("not a subscriber session".into()));
+        }
+        let Some(pending) = session.pending_offer.take() else {
+            return Err(SfuError::InvalidState(
+                "no subscribe offer outstanding".into(),
+            ));
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                // Keep the offer outstanding: the client may still send a valid answer.
+                session.pending_offer = Some(pending);
+                return Err(SfuError::InvalidSdp(e.to_string()));
+            }
+        };
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            session.rtc.sdp_api().accept_answer(pending, answer)
+        }));
+        let result = match r {
+            Ok(Ok(())) => {
+                if session.negotiated_at.is_none() {
+                    session.negotiated_at = Some(now);
+                }
+                let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
+                for sub_id in sub_ids {
+                    if let Some(sub) = self.subs.get_mut(&sub_id) {
+                        if !sub.negotiated {
+                            sub.negotiated = true;
+                            let track = sub.track;
+                            self.request_keyframe_for(now, track);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                // The offer is gone: offer again what it carried.
+                self.reset_unnegotiated(session_id);
+                Err(SfuError::InvalidSdp(e.to_string()))
+            }
+            Err(_) => {
+                session.failed = true;
+                Err(SfuError::InvalidSdp("answer could not be applied".into()))
+            }
+        };
+        self.drain(session_id, now);
+        if self
+            .sessions
+            .get(&session_id)
+            .is_some_and(|s| s.needs_offer)
+        {
+            self.renegotiate.insert(session_id);
+        }
+        result
+    }
+
+    /// Forgets the m-lines of a rejected offer so the next offer carries them again.
+    fn reset_unnegotiated(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        session.send_subs.retain(|mid, sub_id| {
+            let keep = self.subs.get(sub_id).is_some_and(|s| s.negotiated);
+            if !keep {
+                dropped.push((*mid, *sub_id));
+            }
+            keep
+        });
+        for (_, sub_id) in dropped {
+            if let Some(sub) = self.subs.get_mut(&sub_id) {
+                sub.mid = None;
+            }
+        }
+        session.needs_offer = true;
+        self.renegotiate.insert(session_id);
+    }
+
+    /// Creates (or updates) the offer of every subscriber session whose m-lines changed.
+    fn flush_offers(&mut self) {
+        let ids: Vec<SessionId> = self.renegotiate.drain().collect();
+        for session_id in ids {
+            self.offer(session_id);
+        }
+    }
+
+    fn offer(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        if session.role != SessionRole::Subscriber || session.failed {
+            return;
+        }
+        if session.pending_offer.is_some() {
+            // One offer at a time; the answer handler offers again.
+            session.needs_offer = true;
+            return;
+        }
+        session.needs_offer = false;
+        let pid = session.participant;
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        let mut api = session.rtc.sdp_api();
+        for mid in session.to_stop.drain(..) {
+            api.stop_media(mid);
+        }
+        let mut added = Vec::new();
+        for &sub_id in &p.subscriptions {
+            let Some(sub) = self.subs.get(&sub_id) else {
+                continue;
+            };
+            if sub.mid.is_some() {
+                continue;
+            }
+            let Some(track) = self.tracks.get(&sub.track) else {
+                continue;
+            };
+            let Some(publisher) = self.participants.get(&track.participant) else {
+                continue;
+            };
+            let kind = match track.kind {
+                TrackKind::Audio => MediaKind::Audio,
+                TrackKind::Video => MediaKind::Video,
+            };
+            let mid = api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some(publisher.sid.clone()),
+                Some(track.sid.clone()),
+                None,
+            );
+            added.push((sub_id, mid));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        for (sub_id, mid) in added {
+            session.send_subs.insert(mid, sub_id);
+            if let Some(sub) = self.subs.get_mut(&sub_id) {
+                sub.mid = Some(mid);
+            }
+        }
+        session.pending_offer = Some(pending);
+        let tracks = self.subscribed_tracks(session_id);
+        let sdp = offer.to_sdp_string();
+        self.send_to(pid, ServerMessage::SubscribeOffer { sdp, tracks });
+    }
+
+    fn subscribed_tracks(&self, session_id: SessionId) -> Vec<SubscribedTrack> {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<SubscribedTrack> = session
+            .send_subs
+            .iter()
+            .filter_map(|(mid, sub_id)| {
+                let sub = self.subs.get(sub_id)?;
+                let track = self.tracks.get(&sub.track)?;
+                let publisher = self.participants.get(&track.participant)?;
+                Some(SubscribedTrack {
+                    mid: mid.to_string(),
+                    participant_sid: publisher.sid.clone(),
+                    track_sid: track.sid.clone(),
+                    kind: track.kind,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.mid.cmp(&b.mid));
+        out
+    }
+
+    // ------------------------------------------------------------------ subscriptions
+
+    fn subscribe_to_room(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        if p.kind != ParticipantKind::Regular || !p.can_subscribe {
+            return;
+        }
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let tracks: Vec<TrackId> = room
+            .participants
+            .iter()
+            .filter(|&&other| other != pid)
+            .filter_map(|other| self.participants.get(other))
+            .flat_map(|o| o.tracks.iter().copied())
+            .collect();
+        for tid in tracks {
+            self.subscribe(now, pid, tid);
+        }
+    }
+
+    fn subscribe_room_to_track(&mut self, now: Instant, tid: TrackId) {
+        let Some(track) = self.tracks.get(&tid) else {
+            return;
+        };
+        let publisher = track.participant;
+        let Some(room) = self
+            .participants
+            .get(&publisher)
+            .and_then(|p| self.rooms.get(&p.room))
+        else {
+            return;
+        };
+        let subscribers: Vec<ParticipantId> = room
+            .participants
+            .iter()
+            .copied()
+            .filter(|&id| id != publisher)
+            .collect();
+        for pid in subscribers {
+            let Some(p) = self.participants.get(&pid) else {
+                continue;
+            };
+            match &p.kind {
+                ParticipantKind::Regular if p.can_subscribe => self.subscribe(now, pid, tid),
+                ParticipantKind::Whep { .. } => self.fill_whep_slots(now, pid),
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes a WebSocket participant to a track; the m-line comes with the next offer.
+    fn subscribe(&mut self, now: Instant, pid: ParticipantId, tid: TrackId) {
+        let Some(session_id) = self.participants.get(&pid).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let sub_id = self.new_subscription(now, pid, tid, session_id, None);
+        if sub_id.is_some() {
+            self.renegotiate.insert(session_id);
+        }
+    }
+
+    fn new_subscription(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        tid: TrackId,
+        session_id: SessionId,
+        mid: Option<Mid>,
+    ) -> Option<SubscriptionId> {
+        let track = self.tracks.get_mut(&tid)?;
+        let mut rng = rand::thread_rng();
+        let sub = Subscription {
+            track: tid,
+            subscriber: pid,
+            session: session_id,
+            mid,
+            negotiated: mid.is_some(),
+            rewriter: Rewriter::new(rng.gen_range(1..30_000), rng.r#gen()),
+            waiting_keyframe: track.kind == TrackKind::Video,
+            waiting_since: Some(now),
+            pt_map: Vec::new(),
+        };
+        let sub_id = self.next_id;
+        self.next_id += 1;
+        track.subscriptions.push(sub_id);
+        self.subs.insert(sub_id, sub);
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.subscriptions.push(sub_id);
+        }
+        if let (Some(mid), Some(s)) = (mid, self.sessions.get_mut(&session_id)) {
+            s.send_subs.insert(mid, sub_id);
+        }
+        // A newcomer needs a keyframe to start decoding.
+        self.request_keyframe_for(now, tid);
+        Some(sub_id)
+    }
+
+    /// Puts the WHEP target's tracks on the viewer's free recvonly m-lines.
+    fn fill_whep_slots(&mut self, now: Instant, pid: ParticipantId) {
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        let ParticipantKind::Whep { target_identity } = &p.kind else {
+            return;
+        };
+        let Some(session_id) = p.subscriber else {
+            return;
+        };
+        let Some(target) = self.find_identity(&p.room, target_identity) else {
+            return;
+        };
+        let target_tracks = self.participants[&target].tracks.clone();
+        for tid in target_tracks {
+            let Some(track) = self.tracks.get(&tid) else {
+                continue;
+            };
+            if track
+                .subscriptions
+                .iter()
+                .any(|s| self.subs.get(s).is_some_and(|s| s.subscriber == pid))
+            {
+                continue;
+            }
+            let kind = track.kind;
+            let Some(session) = self.sessions.get(&session_id) else {
+                return;
+            };
+            let free = session
+                .whep_slots
+                .iter()
+                .find(|(mid, k)| *k == kind && !session.send_subs.contains_key(mid))
+                .map(|(mid, _)| *mid);
+            if let Some(mid) = free {
+                self.new_subscription(now, pid, tid, session_id, Some(mid));
+            }
+        }
+    }
+
+    fn remove_subscription(&mut self, sub_id: SubscriptionId) {
+        let Some(sub) = self.subs.remove(&sub_id) else {
+            return;
+        };
+        if let Some(t) = self.tracks.get_mut(&sub.track) {
+            t.subscriptions.retain(|s| *s != sub_id);
+        }
+        if let Some(p) = self.participants.get_mut(&sub.subscriber) {
+            p.subscriptions.retain(|s| *s != sub_id);
+        }
+        if let Some(session) = self.sessions.get_mut(&sub.session) {
+            if let Some(mid) = sub.mid {
+                session.send_subs.remove(&mid);
+                if session.role == SessionRole::Subscriber {
+                    session.to_stop.push(mid);
+                    self.renegotiate.insert(sub.session);
+                }
+            }
+        }
+    }
+
+    fn remove_track(&mut self, now: Instant, tid: TrackId) {
+        let Some(track) = self.tracks.remove(&tid) else {
+            return;
+        };
+        for sub_id in &track.subscriptions {
+            self.remove_subscription(*sub_id);
+        }
+        if let Some(s) = self.sessions.get_mut(&track.session) {
+            s.recv_tracks.remove(&track.mid);
+            s.ssrc_tracks.retain(|_, t| *t != tid);
+        }
+        let _ = now;
+        if let Some(p) = self.participants.get_mut(&track.participant) {
+            p.tracks.retain(|t| *t != tid);
+            let room = p.room.clone();
+            let psid = p.sid.clone();
+            self.broadcast(
+                &room,
+                track.participant,
+                ServerMessage::TrackUnpublished {
+                    participant_sid: psid,
+                    track_sid: track.sid,
+                },
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------ participants
+
+    pub(crate) fn remove_participant(
+        &mut self,
+        now: Instant,
+        pid: ParticipantId,
+        reason: LeaveReason,
+    ) {
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        info!(worker = self.index, participant = %p.sid, ?reason, "participant left");
+        let tracks = p.tracks.clone();
+        let subs = p.subscriptions.clone();
+        for tid in tracks {
+            self.remove_track(now, tid);
+        }
+        for sub_id in subs {
+            self.remove_subscription(sub_id);
+        }
+        let Some(p) = self.participants.get(&pid) else {
+            return;
+        };
+        let (room, sid, identity, hidden) = (
+            p.room.clone(),
+            p.sid.clone(),
+            p.identity.clone(),
+            p.hidden(),
+        );
+        if reason != LeaveReason::ClientRequest {
+            self.send_to(pid, ServerMessage::Leave { reason });
+        }
+        if !hidden {
+            self.broadcast(
+                &room,
+                pid,
+                ServerMessage::ParticipantLeft {
+                    participant_sid: sid,
+                    identity: identity.clone(),
+                    reason,
+                },
+            );
+        }
+        self.forget_participant(pid);
+        // WHEP viewers of a departed participant have nothing left to watch.
+        if !hidden {
+            let viewers: Vec<ParticipantId> = self
+                .rooms
+                .get(&room)
+                .map(|r| {
+                    r.participants
+                        .iter()
+                        .copied()
+                        .filter(|id| {
+                            self.participants.get(id).is_some_and(|v| {
+                                matches!(&v.kind, ParticipantKind::Whep { target_identity } if *target_identity == identity)
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for v in viewers {
+                self.remove_participant(now, v, reason);
+            }
+        }
+    }
+
+    /// Drops a participant's state without telling anyone (the caller has).
+    fn forget_participant(&mut self, pid: ParticipantId) {
+        let Some(p) = self.participants.remove(&pid) else {
+            return;
+        };
+        self.by_sid.remove(&p.sid);
+        for sid in [p.publisher, p.subscriber].into_iter().flatten() {
+            if let Some(mut s) = self.sessions.remove(&sid) {
+                self.demux.forget(&s.ufrag, &s.addrs);
+                s.rtc.disconnect();
+            }
+        }
+        let mut room_empty = false;
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.participants.retain(|id| *id != pid);
+            room_empty = room.participants.is_empty();
+        }
+        if room_empty {
+            self.rooms.remove(&p.room);
+        }
+        self.release_placement(&p.room);
+    }
+
+    /// One participant fewer in `room` on this worker; the room's placement goes with the last.
+    fn release_placement(&self, room: &str) {
+        self.placement.remove_if_mut(room, |_, (_, count)| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+
+    fn send_to(&mut self, pid: ParticipantId, msg: ServerMessage) {
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        let Some(tx) = &p.events else {
+            return;
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(participant = %p.sid, "signaling queue full; removing participant");
+                p.events = None;
+                self.stats.slow_consumers += 1;
+                // Removal happens in housekeeping: we may be inside another removal now.
+                self.removals.push((pid, LeaveReason::SlowConsumer));
+            }
+            Err(TrySendError::Closed(_)) => {
+                p.events = None;
+                self.removals.push((pid, LeaveReason::ClientRequest));
+            }
+        }
+    }
+
+    fn broadcast(&mut self, room: &str, except: ParticipantId, msg: ServerMessage) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let targets: Vec<ParticipantId> = r
+            .participants
+            .iter()
+            .copied()
+            .filter(|id| *id != except)
+            .filter(|id| {
+                self.participants
+                    .get(id)
+                    .is_some_and(|p| p.kind == ParticipantKind::Regular)
+            })
+            .collect();
+        for pid in targets {
+            self.send_to(pid, msg.clone());
+        }
+    }
+
+    // ------------------------------------------------------------------ str0m plumbing
+
+    /// Polls a session until it only has a timeout left (str0m's drain rule).
+    fn drain(&mut self, session_id: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        loop {
+            let out = catch_unwind(AssertUnwindSafe(|| session.rtc.poll_output()));
+            match out {
+                Ok(Ok(Output::Timeout(t))) => {
+                    let t = t.max(now);
+                    if session.timeout != Some(t) {
+                        session.timeout = Some(t);
+                        self.timers.push(Reverse((t, session_id)));
+                    }
+                    break;
+                }
+                Ok(Ok(Output::Transmit(t))) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.transmits.push(t);
+                }
+                Ok(Ok(Output::Event(e))) => self.events.push_back((session_id, e)),
+                Ok(Err(e)) => {
+                    debug!(session = session_id, "session ended: {e}");
+                    session.failed = true;
+                    break;
+                }
+                Err(_) => {
+                    warn!(session = session_id, "str0m panicked; dropping session");
+                    session.failed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Handles queued session events, then offers and removals they caused.
+    fn process(&mut self, now: Instant) {
+        loop {
+            while let Some((sid, ev)) = self.events.pop_front() {
+                self.handle_event(now, sid, ev);
+            }
+            let failed: Vec<ParticipantId> = self
+                .sessions
+                .values()
+                .filter(|s| s.failed)
+                .map(|s| s.participant)
+                .collect();
+            for pid in failed {
+                self.remove_participant(now, pid, LeaveReason::ConnectionLost);
+            }
+            for (pid, reason) in std::mem::take(&mut self.removals) {
+                self.remove_participant(now, pid, reason);
+            }
+            self.flush_offers();
+            if self.events.is_empty() && self.removals.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, session_id: SessionId, event: Event) {
+        match event {
+            Event::RtpPacket(pkt) => self.forward(now, session_id, pkt),
+            Event::KeyframeRequest(req) => {
+                let sub = self
+                    .sessions
+                    .get(&session_id)
+                    .and_then(|s| s.send_subs.get(&req.mid))
+                    .and_then(|id| self.subs.get(id));
+                if let Some(track) = sub.map(|s| s.track) {
+                    self.stats.keyframe_requests_in += 1;
+                    self.request_keyframe_for(now, track);
+                }
+            }
+            Event::Connected => {
+                let Some(s) = self.sessions.get_mut(&session_id) else {
+                    return;
+                };
+                s.connected = true;
+                debug!(session = session_id, "connected");
+                // Subscriptions of a freshly connected session need a keyframe now.
+                let tracks: Vec<TrackId> = s
+                    .send_subs
+                    .values()
+                    .filter_map(|id| self.subs.get(id))
+                    .filter(|sub| sub.waiting_keyframe)
+                    .map(|sub| sub.track)
+                    .collect();
+                for t in tracks {
+                    self.request_keyframe_for(now, t);
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    if state == IceConnectionState::Disconnected {
+                        s.disconnected_since.get_or_insert(now);
+                    } else {
+                        s.disconnected_since = None;
+                    }
+                }
+            }
+            Event::MediaAdded(m) => {
+                // Only client offers add media; they are handled with the offer. A MediaAdded
+                // here comes from a session whose participant is known.
+                if let Some(pid) = self.sessions.get(&session_id).map(|s| s.participant) {
+                    self.media_added(now, pid, session_id, m, &[]);
+                }
+            }
+            Event::MediaChanged(m) => {
+                if !m.direction.is_receiving() {
+                    let tid = self
+                        .sessions
+                        .get_mut(&session_id)
+                        .and_then(|s| s.recv_tracks.remove(&m.mid));
+                    if let Some(tid) = tid {
+                        self.remove_track(now, tid);
+                    }
+                }
+            }
+            Event::Closed => {
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    s.failed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ forwarding
+
+    fn forward(&mut self, now: Instant, session_id: SessionId, pkt: RtpPacket) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let tid = match session.ssrc_tracks.get(&ssrc) {
+            Some(t) => *t,
+            None => {
+                let mut api = session.rtc.direct_api();
+                let Some(mid) = api.stream_rx(&ssrc).map(|s| s.mid()) else {
+                    return;
+                };
+                let Some(&t) = session.recv_tracks.get(&mid) else {
+                    return;
+                };
+                if session.ssrc_tracks.len() < 16 {
+                    session.ssrc_tracks.insert(ssrc, t);
+                }
+                t
+            }
+        };
+        let pt = pkt.header.payload_type;
+        let Some(params) = session.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+            self.stats.unknown_pt += 1;
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        self.stats.packets_in += 1;
+        let codec = params.spec().codec;
+        if track.codec != Some(codec) && codec != str0m::format::Codec::Red {
+            track.codec = Some(codec);
+        }
+        let video = track.kind == TrackKind::Video;
+        let keyframe = video && is_keyframe_start(codec, &pkt.payload);
+        if keyframe {
+            track.keyframes.keyframe_seen();
+        }
+        let seq: u64 = *pkt.seq_no;
+        let ext = forwarded_extensions(&pkt.header.ext_vals);
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
+        targets.extend_from_slice(&track.subscriptions);
+        for &sub_id in &targets {
+            let Some(sub) = self.subs.get_mut(&sub_id) else {
+                continue;
+            };
+            let (Some(mid), true) = (sub.mid, sub.negotiated) else {
+                continue;
+            };
+            let Some(out) = self.sessions.get_mut(&sub.session) else {
+                continue;
+            };
+            if !out.connected {
+                continue;
+            }
+            if sub.waiting_keyframe {
+                if !keyframe {
+                    continue;
+                }
+                sub.waiting_keyframe = false;
+                sub.waiting_since = None;
+            }
+            let Some(out_pt) = sub.map_pt(&params, out.rtc.codec_config()) else {
+                continue;
+            };
+            let Some((out_seq, out_ts)) = sub.rewriter.rewrite(seq, pkt.header.timestamp) else {
+                continue;
+            };
+            let mut api = out.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            let write = RtpWrite::new(
+                out_pt,
+                out_seq.into(),
+                out_ts,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .nackable(video)
+            .ext_vals(ext.clone());
+            let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
+            if r.is_err() {
+                out.failed = true;
+            }
+            self.stats.packets_out += 1;
+            let out_id = sub.session;
+            self.drain(out_id, now);
+        }
+        self.scratch = targets;
+    }
+
+    // ------------------------------------------------------------------ keyframes & timers
+
+    fn request_keyframe_for(&mut self, now: Instant, tid: TrackId) {
+        let Some(track) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        if track.kind != TrackKind::Video {
+            return;
+        }
+        if track.keyframes.request(now) {
+            let (session_id, mid) = (track.session, track.mid);
+            self.send_pli(now, session_id, mid);
+        }
+    }
+
+    fn send_pli(&mut self, now: Instant, session_id: SessionId, mid: Mid) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut api = session.rtc.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.stats.keyframe_requests_out += 1;
+        }
+        self.drain(session_id, now);
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Coalesced keyframe requests whose throttle interval has passed.
+        let due: Vec<(SessionId, Mid)> = self
+            .tracks
+            .values_mut()
+            .filter_map(|t| t.keyframes.poll(now).then_some((t.session, t.mid)))
+            .collect();
+        for (sid, mid) in due {
+            self.send_pli(now, sid, mid);
+        }
+        // Subscriptions that waited too long for a keyframe ask again.
+        let mut retry = Vec::new();
+        for sub in self.subs.values_mut() {
+            if let Some(since) = sub.waiting_since {
+                if sub.waiting_keyframe && now.saturating_duration_since(since) >= KEYFRAME_RETRY {
+                    sub.waiting_since = Some(now);
+                    retry.push(sub.track);
+                }
+            }
+        }
+        for t in retry {
+            self.request_keyframe_for(now, t);
+        }
+        // Vanished and never-connected participants.
+        let limit = self.config.disconnect_grace;
+        let connect_timeout = self.config.connect_timeout;
+        let mut gone = Vec::new();
+        for s in self.sessions.values() {
+            if s.disconnected_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= limit)
+            {
+                gone.push((s.participant, LeaveReason::ConnectionLost));
+            } else if !s.connected
+                && s.negotiated_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= connect_timeout)
+            {
+                gone.push((s.participant, LeaveReason::ConnectTimeout));
+            } else if !s.rtc.is_alive() {
+                gone.push((s.participant, LeaveReason::ConnectionLost));
+            }
+        }
+        for (pid, reason) in gone {
+            self.remove_participant(now, pid, reason);
+        }
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+/// The header extensions a subscriber may use; transport ones (TWCC, mid, rid, abs-send-time)
+/// are the subscriber session's own and str0m writes them.
+fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: e.audio_level,
+        voice_activity: e.voice_activity,
+        video_orientation: e.video_orientation,
+        video_content_type: e.video_content_type,
+        ..Default::default()
+    }
+}
+
+fn reply_not_found(request: Request, sid: &str) {
+    let err = || SfuError::NotFound(format!("participant {sid} is not here"));
+    match request {
+        Request::Offer(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Request::SubscribeAnswer(_, reply) | Request::Leave(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Request::Candidate(..) | Request::Mute { .. } => {}
+    }
+}
+
+pub(crate) fn random_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}

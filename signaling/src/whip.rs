@@ -1,0 +1,219 @@
+//! WHIP (publish) and WHEP (play) with RFC 9725 conventions: `POST` an offer, get `201 Created`
+//! with the answer and a session `Location`; `DELETE` that location to leave.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use moien_protocol::{ErrorCode, LeaveReason};
+use moien_sfu::{Offer, ParticipantKind, ParticipantRef, ParticipantSpec, SfuError};
+use str0m::change::SdpOffer;
+use tracing::debug;
+
+use crate::AppState;
+use crate::auth::{self, Claims};
+
+/// A JSON error body with the protocol's stable code.
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({
+        "code": code.as_str(),
+        "status": code.status(),
+        "message": message.into(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn sfu_error(e: SfuError) -> Response {
+    error(e.code(), e.to_string())
+}
+
+/// Verifies the bearer token and that it is for `room`.
+fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let claims = auth::verify(&state.config.secret, token.trim()).map_err(|e| {
+        debug!(reason = e.reason(), "WHIP/WHEP token refused");
+        let mut r = error(ErrorCode::Unauthorized, e.to_string());
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    })?;
+    if claims.room != room {
+        return Err(error(ErrorCode::Forbidden, "the token is for another room"));
+    }
+    Ok(claims)
+}
+
+/// The offer body: `application/sdp`, parseable, with at least one m-line.
+fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/sdp",
+        )
+            .into_response());
+    }
+    let sdp = std::str::from_utf8(body)
+        .map_err(|_| error(ErrorCode::InvalidSdp, "the SDP is not UTF-8"))?;
+    match SdpOffer::from_sdp_string(sdp) {
+        Ok(_) => Ok(sdp.to_string()),
+        Err(e) => Err(error(ErrorCode::InvalidSdp, format!("malformed SDP: {e}"))),
+    }
+}
+
+fn created(answer: String, location: String) -> Response {
+    let mut r = (StatusCode::CREATED, answer).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    r
+}
+
+pub async fn whip_post(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match authorize(&state, &headers, &room) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !claims.grants.publish {
+        return error(ErrorCode::Forbidden, "the token has no publish grant");
+    }
+    let sdp = match read_offer(&headers, &body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let spec = ParticipantSpec {
+        identity: claims.sub,
+        name: claims.name,
+        room: room.clone(),
+        kind: ParticipantKind::Whip,
+        can_publish: true,
+        can_subscribe: false,
+    };
+    let offer = Offer {
+        sdp,
+        tracks: Vec::new(),
+    };
+    match state.media.join(spec, None, Some(offer)).await {
+        Ok((me, joined)) => {
+            let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
+            created(answer, format!("/whip/{}/{}", room, me.sid))
+        }
+        Err(e) => sfu_error(e),
+    }
+}
+
+pub async fn whip_delete(
+    State(state): State<AppState>,
+    Path((room, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, &room) {
+        return r;
+    }
+    leave(&state, room, sid).await
+}
+
+pub async fn whep_post(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match authorize(&state, &headers, &room) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !claims.grants.subscribe {
+        return error(ErrorCode::Forbidden, "the token has no subscribe grant");
+    }
+    let sdp = match read_offer(&headers, &body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let spec = ParticipantSpec {
+        identity: claims.sub,
+        name: claims.name,
+        room: room.clone(),
+        kind: ParticipantKind::Whep {
+            target_identity: identity.clone(),
+        },
+        can_publish: false,
+        can_subscribe: true,
+    };
+    let offer = Offer {
+        sdp,
+        tracks: Vec::new(),
+    };
+    match state.media.join(spec, None, Some(offer)).await {
+        Ok((me, joined)) => {
+            let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
+            created(answer, format!("/whep/{}/{}/{}", room, identity, me.sid))
+        }
+        Err(e) => sfu_error(e),
+    }
+}
+
+pub async fn whep_delete(
+    State(state): State<AppState>,
+    Path((room, _identity, sid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, &room) {
+        return r;
+    }
+    leave(&state, room, sid).await
+}
+
+async fn leave(state: &AppState, room: String, sid: String) -> Response {
+    let me = ParticipantRef { room, sid };
+    match state.media.leave(&me, LeaveReason::ClientRequest).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => sfu_error(e),
+    }
+}
+
+/// Trickle ICE and ICE restarts over `PATCH` are not offered: the server is ICE-lite and its
+/// answer carries every candidate it has (RFC 9725 §4.3.1 allows 405).
+pub async fn patch() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE, OPTIONS")],
+    )
+        .into_response()
+}
+
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "POST, DELETE, OPTIONS"),
+            (
+                header::HeaderName::from_static("accept-post"),
+                "application/sdp",
+            ),
+        ],
+    )
+        .into_response()
+}
