@@ -218,13 +218,107 @@ impl Client {
         })
     }
 
+    /// Publishes through WHIP (`POST {base}/whip/{room}`) instead of the WebSocket protocol.
+    /// `base` is the HTTP origin, e.g. `http://127.0.0.1:7880`.
+    pub async fn whip(base: &str, room: &str, config: ClientConfig) -> Result<Client, ClientError> {
+        let url = format!("{base}/whip/{room}");
+        Self::http_session(url, base, config, HttpKind::Whip).await
+    }
+
+    /// Plays one participant through WHEP (`POST {base}/whep/{room}/{identity}`).
+    pub async fn whep(
+        base: &str,
+        room: &str,
+        identity: &str,
+        mut config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        config.publish_audio = false;
+        config.publish_video = false;
+        let url = format!("{base}/whep/{room}/{identity}");
+        Self::http_session(url, base, config, HttpKind::Whep(identity.to_string())).await
+    }
+
+    async fn http_session(
+        url: String,
+        base: &str,
+        config: ClientConfig,
+        kind: HttpKind,
+    ) -> Result<Client, ClientError> {
+        let token = config.token.clone();
+        let report = Arc::new(Mutex::new(Report {
+            joined_at: Some(Instant::now()),
+            ..Default::default()
+        }));
+        let (changed_tx, changed) = watch::channel(0u64);
+        let mut driver = Driver::new(config, report.clone(), changed_tx).await?;
+        let offer = match &kind {
+            HttpKind::Whip => match driver.publish_offer() {
+                Some(ClientMessage::PublishOffer { sdp, .. }) => sdp,
+                _ => return Err(ClientError::Protocol("nothing to publish".into())),
+            },
+            HttpKind::Whep(identity) => driver.whep_offer(identity)?,
+        };
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/sdp")
+            .body(offer)
+            .send()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|l| format!("{base}{l}"));
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if status.as_u16() != 201 {
+            return Err(ClientError::Refused {
+                code: status.as_u16().to_string(),
+                message: body,
+            });
+        }
+        let answer =
+            SdpAnswer::from_sdp_string(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        driver.accept_http_answer(&kind, answer)?;
+        driver.delete_url = location.map(|l| (l, token));
+        let participant = ParticipantInfo {
+            sid: driver
+                .delete_url
+                .as_ref()
+                .and_then(|(l, _)| l.rsplit('/').next().map(str::to_string))
+                .unwrap_or_default(),
+            identity: String::new(),
+            name: String::new(),
+            tracks: Vec::new(),
+        };
+        let (commands, rx) = mpsc::channel(64);
+        let sink = futures_util::sink::drain().sink_map_err(
+            |e: std::convert::Infallible| -> tokio_tungstenite::tungstenite::Error { match e {} },
+        );
+        let task = tokio::spawn(driver.run(sink, futures_util::stream::pending(), rx));
+        Ok(Client {
+            report,
+            changed,
+            commands,
+            task,
+            participant,
+        })
+    }
+
     /// Reads the report.
     pub fn report<T>(&self, f: impl FnOnce(&Report) -> T) -> T {
         let r = self.report.lock().unwrap_or_else(|e| e.into_inner());
         f(&r)
     }
 
-    /// Waits until `f` holds on the report, re-checking whenever the report changes.
+    /// Waits until `f` holds on the report, re-checking whenever the report changes (and every
+    /// 100 ms, for conditions about silence).
     pub async fn wait_until(
         &mut self,
         what: &str,
@@ -245,9 +339,14 @@ impl Client {
                         };
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(ClientError::Timeout(what.to_string()));
-                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return if self.report(&mut f) {
+                    Ok(())
+                } else {
+                    Err(ClientError::Timeout(what.to_string()))
+                };
             }
         }
     }
@@ -282,6 +381,13 @@ fn hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Which standard door an HTTP session came through.
+enum HttpKind {
+    Whip,
+    /// WHEP, playing this identity.
+    Whep(String),
+}
+
 /// A track this client publishes.
 struct Outgoing {
     mid: Mid,
@@ -308,6 +414,9 @@ struct Driver {
     next_ping: Instant,
     silent: bool,
     version: u64,
+    /// WHIP/WHEP session URL and bearer token, for `DELETE` on leave.
+    delete_url: Option<(String, String)>,
+    pending_whep: Option<SdpPendingOffer>,
 }
 
 impl Driver {
@@ -349,6 +458,8 @@ impl Driver {
             next_ping: now + Duration::from_secs(15),
             silent: false,
             version: 0,
+            delete_url: None,
+            pending_whep: None,
         })
     }
 
@@ -376,7 +487,10 @@ impl Driver {
         R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
             + Unpin,
     {
-        if let Some(offer) = self.publish_offer() {
+        // WHIP sessions negotiated over HTTP before the loop started.
+        if self.outgoing.is_empty()
+            && let Some(offer) = self.publish_offer()
+        {
             sink.send(Message::Text(to_json(&offer).into())).await?;
         }
         let mut buf_pub = vec![0u8; 2048];
@@ -409,23 +523,26 @@ impl Driver {
                     None | Some(Command::Leave) => {
                         let _ = sink.send(Message::Text(to_json(&ClientMessage::Leave).into())).await;
                         let _ = sink.close().await;
+                        if let Some((url, token)) = self.delete_url.take() {
+                            let _ = reqwest::Client::new().delete(url).bearer_auth(token).send().await;
+                        }
                         break Ok("left".into());
                     }
                     Some(Command::GoSilent) => self.silent = true,
                     Some(Command::Send(m)) => out.push(m),
                 },
                 r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {
-                    if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut()) {
-                        if !self.silent {
-                            p.receive(src, &buf_pub[..n]);
-                        }
+                    if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut())
+                        && !self.silent
+                    {
+                        p.receive(src, &buf_pub[..n]);
                     }
                 }
                 r = subscriber_socket.recv_from(&mut buf_sub) => {
-                    if let Ok((n, src)) = r {
-                        if !self.silent {
-                            self.subscriber.receive(src, &buf_sub[..n]);
-                        }
+                    if let Ok((n, src)) = r
+                        && !self.silent
+                    {
+                        self.subscriber.receive(src, &buf_sub[..n]);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -497,6 +614,47 @@ impl Driver {
                 })
                 .collect(),
         })
+    }
+
+    /// A recvonly audio + video offer for WHEP.
+    fn whep_offer(&mut self, identity: &str) -> Result<String, ClientError> {
+        let mut api = self.subscriber.rtc.sdp_api();
+        let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let video = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Protocol("no offer".into()))?;
+        self.pending_whep = Some(pending);
+        for (mid, kind) in [(audio, TrackKind::Audio), (video, TrackKind::Video)] {
+            self.incoming.insert(
+                mid,
+                SubscribedTrack {
+                    mid: mid.to_string(),
+                    participant_sid: identity.to_string(),
+                    track_sid: format!("whep-{mid}"),
+                    kind,
+                },
+            );
+        }
+        Ok(offer.to_sdp_string())
+    }
+
+    fn accept_http_answer(
+        &mut self,
+        kind: &HttpKind,
+        answer: SdpAnswer,
+    ) -> Result<(), ClientError> {
+        let r = match kind {
+            HttpKind::Whip => match (self.publisher.as_mut(), self.pending_publish.take()) {
+                (Some(p), Some(pending)) => p.rtc.sdp_api().accept_answer(pending, answer),
+                _ => return Err(ClientError::Protocol("no pending offer".into())),
+            },
+            HttpKind::Whep(_) => match self.pending_whep.take() {
+                Some(pending) => self.subscriber.rtc.sdp_api().accept_answer(pending, answer),
+                None => return Err(ClientError::Protocol("no pending offer".into())),
+            },
+        };
+        r.map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Handles a signaling message; returns `Some(reason)` when the session is over.
@@ -731,10 +889,10 @@ impl Driver {
             t.kind = Some(info.kind);
             t.packets += 1;
             t.bytes += len;
-            if let Some(last) = t.last_seq {
-                if seq != last.wrapping_add(1) {
-                    t.seq_discontinuities += 1;
-                }
+            if let Some(last) = t.last_seq
+                && seq != last.wrapping_add(1)
+            {
+                t.seq_discontinuities += 1;
             }
             if t.first_seq.is_none() {
                 t.first_seq = Some(seq);
@@ -748,33 +906,38 @@ impl Driver {
                 Some(false) => t.audio_decode_errors += 1,
                 None => {}
             }
-            if let Some(h) = h {
-                if t.payload_hashes.len() < MAX_HASHES {
-                    t.payload_hashes.push(h);
-                }
+            if let Some(h) = h
+                && t.payload_hashes.len() < MAX_HASHES
+            {
+                t.payload_hashes.push(h);
             }
             match check {
                 Some(None) => t.corrupt_payloads += 1,
-                Some(Some(c)) => {
-                    if t.first_keyframe_complete_at.is_none() {
-                        if c.keyframe_start && c.index == 0 {
-                            t.key_frame = Some((c.frame, 1, c.count));
-                        } else if let Some((f, seen, count)) = t.key_frame.as_mut() {
-                            if *f == c.frame && c.index == *seen {
-                                *seen += 1;
-                                if *seen == *count && marker {
-                                    t.first_keyframe_complete_at = Some(now);
-                                }
-                            }
-                        }
-                        if matches!(t.key_frame, Some((_, 1, 1))) && marker {
-                            t.first_keyframe_complete_at = Some(now);
-                        }
-                    }
+                Some(Some(c)) if t.first_keyframe_complete_at.is_none() => {
+                    track_first_keyframe(t, c, marker, now);
                 }
+                Some(Some(_)) => {}
                 None => {}
             }
         });
+    }
+}
+
+/// Follows the first keyframe's packets until the marker: complete means decodable.
+fn track_first_keyframe(t: &mut TrackReport, c: media::VideoCheck, marker: bool, now: Instant) {
+    if c.keyframe_start && c.index == 0 {
+        t.key_frame = Some((c.frame, 1, c.count));
+    } else if let Some((f, seen, _)) = t.key_frame.as_mut()
+        && *f == c.frame
+        && c.index == *seen
+    {
+        *seen += 1;
+    }
+    if let Some((_, seen, count)) = t.key_frame
+        && seen == count
+        && marker
+    {
+        t.first_keyframe_complete_at = Some(now);
     }
 }
 

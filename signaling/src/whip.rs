@@ -28,8 +28,34 @@ fn sfu_error(e: SfuError) -> Response {
     error(e.code(), e.to_string())
 }
 
+/// A refused request, rendered by [`IntoResponse`] (kept small: handlers return it in `Err`).
+pub enum Refusal {
+    Code(ErrorCode, String),
+    Unauthorized(String),
+    UnsupportedMediaType,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Code(code, message) => error(code, message),
+            Refusal::Unauthorized(message) => {
+                let mut r = error(ErrorCode::Unauthorized, message);
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            Refusal::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/sdp",
+            )
+                .into_response(),
+        }
+    }
+}
+
 /// Verifies the bearer token and that it is for `room`.
-fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Response> {
+fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Refusal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -37,19 +63,17 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims
         .unwrap_or("");
     let claims = auth::verify(&state.config.secret, token.trim()).map_err(|e| {
         debug!(reason = e.reason(), "WHIP/WHEP token refused");
-        let mut r = error(ErrorCode::Unauthorized, e.to_string());
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
+        Refusal::Unauthorized(e.to_string())
     })?;
     if claims.room != room {
-        return Err(error(ErrorCode::Forbidden, "the token is for another room"));
+        let msg = "the token is for another room".to_string();
+        return Err(Refusal::Code(ErrorCode::Forbidden, msg));
     }
     Ok(claims)
 }
 
 /// The offer body: `application/sdp`, parseable, with at least one m-line.
-fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Refusal> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -59,17 +83,16 @@ fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
         .to_ascii_lowercase()
         .starts_with("application/sdp")
     {
-        return Err((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/sdp",
-        )
-            .into_response());
+        return Err(Refusal::UnsupportedMediaType);
     }
     let sdp = std::str::from_utf8(body)
-        .map_err(|_| error(ErrorCode::InvalidSdp, "the SDP is not UTF-8"))?;
+        .map_err(|_| Refusal::Code(ErrorCode::InvalidSdp, "the SDP is not UTF-8".into()))?;
     match SdpOffer::from_sdp_string(sdp) {
         Ok(_) => Ok(sdp.to_string()),
-        Err(e) => Err(error(ErrorCode::InvalidSdp, format!("malformed SDP: {e}"))),
+        Err(e) => Err(Refusal::Code(
+            ErrorCode::InvalidSdp,
+            format!("malformed SDP: {e}"),
+        )),
     }
 }
 
@@ -94,14 +117,14 @@ pub async fn whip_post(
 ) -> Response {
     let claims = match authorize(&state, &headers, &room) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if !claims.grants.publish {
         return error(ErrorCode::Forbidden, "the token has no publish grant");
     }
     let sdp = match read_offer(&headers, &body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let spec = ParticipantSpec {
         identity: claims.sub,
@@ -130,7 +153,7 @@ pub async fn whip_delete(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, &room) {
-        return r;
+        return r.into_response();
     }
     leave(&state, room, sid).await
 }
@@ -143,14 +166,14 @@ pub async fn whep_post(
 ) -> Response {
     let claims = match authorize(&state, &headers, &room) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if !claims.grants.subscribe {
         return error(ErrorCode::Forbidden, "the token has no subscribe grant");
     }
     let sdp = match read_offer(&headers, &body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let spec = ParticipantSpec {
         identity: claims.sub,
@@ -181,7 +204,7 @@ pub async fn whep_delete(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, &room) {
-        return r;
+        return r.into_response();
     }
     leave(&state, room, sid).await
 }

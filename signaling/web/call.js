@@ -145,7 +145,6 @@ function onTrackSubscribed({ participant, info, track, stream }) {
   const tile = tileFor(participant);
   if (track.kind === 'video') {
     tile.video.srcObject = stream;
-    tile.videoTrackSid = info.sid;
     tile.el.classList.remove('no-video');
     tile.el.classList.toggle('camera-off', info.muted);
   } else {
@@ -246,7 +245,11 @@ function wire(r) {
   r.addEventListener('track_unsubscribed', (e) => onTrackUnsubscribed(e.detail));
   r.addEventListener('track_muted', (e) => onTrackMuted(e.detail));
   r.addEventListener('disconnected', (e) => onDisconnected(e.detail));
-  r.addEventListener('error', (e) => setStatus(`Server: ${e.detail.message || e.detail.code}`, true));
+  r.addEventListener('error', (e) => {
+    const { code, message } = e.detail;
+    const where = code === 'negotiation_failed' ? 'Media negotiation failed' : 'Server';
+    setStatus(`${where}: ${message || code}`, true);
+  });
 }
 
 async function join(roomName, name, token) {

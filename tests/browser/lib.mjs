@@ -76,7 +76,8 @@ function startServer() {
  * on failure, timeout or a signal. Exits the process with 0 on success and 1 on failure.
  * @param {string} name
  * @param {(ctx: {baseUrl: string, browser: import('playwright-core').Browser,
- *   newPage: (label: string) => Promise<import('playwright-core').Page>,
+ *   newPage: (label: string, options?: {expectHttpErrors?: boolean}) =>
+ *     Promise<import('playwright-core').Page>,
  *   step: (text: string) => void}) => Promise<void>} body
  */
 export async function runTest(name, body) {
@@ -114,11 +115,15 @@ export async function runTest(name, body) {
       browser = await chromium.launch({
         executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
       });
-      const newPage = async (label) => {
+      const newPage = async (label, { expectHttpErrors = false } = {}) => {
         // One context per page: separate storage, like separate people.
         const context = await browser.newContext();
         const page = await context.newPage();
-        page.on('console', (msg) => log(`[${label}] console.${msg.type()}: ${msg.text()}`));
+        page.on('console', (msg) => {
+          // Chromium logs every 4xx; a page that provokes them on purpose need not echo them.
+          if (expectHttpErrors && msg.text().startsWith('Failed to load resource')) return;
+          log(`[${label}] console.${msg.type()}: ${msg.text()}`);
+        });
         page.on('pageerror', (err) => log(`[${label}] pageerror: ${err.message}`));
         return page;
       };
@@ -170,9 +175,14 @@ export async function inboundStats(page, which) {
     const report = await pc.getStats();
     const out = {
       ready: true, state: pc.connectionState, framesDecoded: 0, videoPackets: 0, audioPackets: 0,
+      streams: {},
     };
     report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
+      out.streams[s.id] = {
+        kind: s.kind, mid: s.mid, framesDecoded: s.framesDecoded ?? 0,
+        packetsReceived: s.packetsReceived ?? 0,
+      };
       if (s.kind === 'video') {
         out.framesDecoded = Math.max(out.framesDecoded, s.framesDecoded ?? 0);
         out.videoPackets = Math.max(out.videoPackets, s.packetsReceived ?? 0);
@@ -182,6 +192,23 @@ export async function inboundStats(page, which) {
     });
     return out;
   }, which);
+}
+
+/**
+ * What arrived since `baseline` (an earlier inboundStats): the best per-stream growth of video
+ * framesDecoded and of audio packetsReceived. Streams that stopped contribute nothing.
+ */
+export function progressSince(baseline, now) {
+  const out = { framesDecoded: 0, audioPackets: 0 };
+  for (const [id, st] of Object.entries(now.streams ?? {})) {
+    const was = baseline.streams?.[id] ?? { framesDecoded: 0, packetsReceived: 0 };
+    if (st.kind === 'video') {
+      out.framesDecoded = Math.max(out.framesDecoded, st.framesDecoded - was.framesDecoded);
+    } else if (st.kind === 'audio') {
+      out.audioPackets = Math.max(out.audioPackets, st.packetsReceived - was.packetsReceived);
+    }
+  }
+  return out;
 }
 
 /** Remote tiles shown on a call page: [{sid, identity, name}]. */

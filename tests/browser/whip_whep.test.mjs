@@ -34,7 +34,10 @@ runTest('whip_whep', async ({ baseUrl, newPage, step }) => {
     (s) => s.ready && s.framesDecoded > 30, { timeoutMs: 20_000 });
   step(`call page: tile "${tiles[0].name}", framesDecoded=${seen.framesDecoded}`);
 
-  await checkHttpErrors(carol, room, step);
+  // A page of the server's origin (no media of its own) that provokes the HTTP errors.
+  const probe = await newPage('probe', { expectHttpErrors: true });
+  await probe.goto(`${baseUrl}/healthz`);
+  await checkHttpErrors(probe, room, step);
 
   // Bad requests must not disturb the sessions already running.
   const before = whep.framesDecoded;
@@ -47,7 +50,7 @@ runTest('whip_whep', async ({ baseUrl, newPage, step }) => {
   assert(stopped.deleteStatus === 200, `WHIP DELETE answered ${stopped.deleteStatus} (${stopped.error})`);
   await pollUntil('the WHIP tile disappears from the call page', () => remoteTiles(carol),
     (t) => t.length === 0, { timeoutMs: 10_000 });
-  const again = await carol.evaluate(async ({ loc, r, identity }) => {
+  const again = await probe.evaluate(async ({ loc, r, identity }) => {
     const q = new URLSearchParams({ room: r, identity });
     const { token } = await (await fetch(`/dev/token?${q}`)).json();
     const res = await fetch(loc, { method: 'DELETE', headers: { Authorization: `Bearer ${token}` } });

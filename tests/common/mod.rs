@@ -12,6 +12,11 @@ pub const SECRET: &str = "test-secret";
 
 /// Starts signaling and media on 127.0.0.1 with free ports.
 pub async fn start_node() -> Node {
+    // RUST_LOG=moien_sfu=debug shows the server's side of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut config = Config::default();
     config.auth.secret = SECRET.into();
     config.signaling.listen = "127.0.0.1:0".parse().unwrap();

@@ -281,19 +281,19 @@ impl WorkerCore {
             return Err(SfuError::Unavailable("media worker is full".into()));
         }
         // A WHEP viewer needs its target present.
-        if let ParticipantKind::Whep { target_identity } = &spec.kind {
-            if self.find_identity(&room_name, target_identity).is_none() {
-                self.release_placement(&room_name);
-                return Err(SfuError::NotFound(format!(
-                    "no participant {target_identity:?} in the room"
-                )));
-            }
+        if let ParticipantKind::Whep { target_identity } = &spec.kind
+            && self.find_identity(&room_name, target_identity).is_none()
+        {
+            self.release_placement(&room_name);
+            return Err(SfuError::NotFound(format!(
+                "no participant {target_identity:?} in the room"
+            )));
         }
         // One identity, one session: a rejoin (reload, second device) replaces the old one.
-        if !matches!(spec.kind, ParticipantKind::Whep { .. }) {
-            if let Some(old) = self.find_identity(&room_name, &spec.identity) {
-                self.remove_participant(now, old, LeaveReason::DuplicateIdentity);
-            }
+        if !matches!(spec.kind, ParticipantKind::Whep { .. })
+            && let Some(old) = self.find_identity(&room_name, &spec.identity)
+        {
+            self.remove_participant(now, old, LeaveReason::DuplicateIdentity);
         }
 
         let pid = self.new_id();
@@ -405,11 +405,11 @@ impl WorkerCore {
                     moien_protocol::PeerRole::Subscriber => p.subscriber,
                 };
                 let parsed = str0m::Candidate::from_sdp_string(&candidate);
-                if let (Some(sid), Ok(c)) = (sid, parsed) {
-                    if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.rtc.add_remote_candidate(c);
-                        self.drain(sid, now);
-                    }
+                if let (Some(sid), Ok(c)) = (sid, parsed)
+                    && let Some(s) = self.sessions.get_mut(&sid)
+                {
+                    s.rtc.add_remote_candidate(c);
+                    self.drain(sid, now);
                 }
             }
             Request::Mute { track_sid, muted } => {
@@ -495,9 +495,7 @@ impl WorkerCore {
         }
         let role = session.role;
         self.drain(session_id, now);
-        // MediaAdded/MediaChanged come out of the drain; handle them with the client's track
-        // descriptions in hand.
-        self.process_offer_events(now, pid, session_id, &offer.tracks);
+        self.sync_media(now, pid, session_id, &offer_mids(&offer.sdp), &offer.tracks);
         self.process(now);
         let tracks = match role {
             SessionRole::Publisher => self.sessions[&session_id]
@@ -521,111 +519,104 @@ impl WorkerCore {
         })
     }
 
-    /// Handles the MediaAdded/MediaChanged events an offer produced (others keep their order).
-    fn process_offer_events(
+    /// Brings tracks (publisher sessions) and slots (WHEP sessions) in line with the m-lines of
+    /// an accepted offer. str0m only reports MediaAdded once DTLS is up, which is too late for the
+    /// answer, so the offer's mids are read here.
+    fn sync_media(
         &mut self,
         now: Instant,
         pid: ParticipantId,
         session_id: SessionId,
+        mids: &[Mid],
         described: &[PublishTrack],
     ) {
-        let mut rest = VecDeque::new();
-        while let Some((sid, ev)) = self.events.pop_front() {
-            if sid != session_id {
-                rest.push_back((sid, ev));
-                continue;
-            }
-            match ev {
-                Event::MediaAdded(m) => self.media_added(now, pid, session_id, m, described),
-                Event::MediaChanged(m) => {
-                    if !m.direction.is_receiving() {
-                        let tid = self
-                            .sessions
-                            .get_mut(&session_id)
-                            .and_then(|s| s.recv_tracks.remove(&m.mid));
-                        if let Some(tid) = tid {
-                            self.remove_track(now, tid);
+        for &mid in mids {
+            let Some(session) = self.sessions.get(&session_id) else {
+                return;
+            };
+            // A stopped m-line may be gone from str0m's list: it receives nothing either way.
+            let media = session.rtc.media(mid);
+            let kind = media.map_or(MediaKind::Audio, |m| m.kind());
+            let direction = media.map_or(Direction::Inactive, |m| m.direction());
+            let stopped = media.is_none_or(|m| m.stopped() || m.disabled());
+            match session.role {
+                SessionRole::Publisher => {
+                    let existing = session.recv_tracks.get(&mid).copied();
+                    match (direction.is_receiving() && !stopped, existing) {
+                        (true, None) => self.add_track(now, pid, session_id, mid, kind, described),
+                        (false, Some(tid)) => self.remove_track(now, tid),
+                        _ => {}
+                    }
+                }
+                SessionRole::Whep => {
+                    let known = session.whep_slots.iter().any(|(m, _)| *m == mid);
+                    if direction.is_sending() && !stopped && !known {
+                        if let Some(s) = self.sessions.get_mut(&session_id) {
+                            s.whep_slots.push((mid, track_kind(kind)));
                         }
                     }
                 }
-                other => rest.push_back((sid, other)),
+                SessionRole::Subscriber => {}
             }
         }
-        self.events = rest;
     }
 
-    fn media_added(
+    fn add_track(
         &mut self,
         now: Instant,
         pid: ParticipantId,
         session_id: SessionId,
-        m: str0m::media::MediaAdded,
+        mid: Mid,
+        kind: MediaKind,
         described: &[PublishTrack],
     ) {
-        let kind = match m.kind {
-            MediaKind::Audio => TrackKind::Audio,
-            MediaKind::Video => TrackKind::Video,
-        };
+        let kind = track_kind(kind);
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        match session.role {
-            SessionRole::Publisher => {
-                if !m.direction.is_receiving() {
-                    return;
-                }
-                let desc = described.iter().find(|d| d.mid == m.mid.to_string());
-                let source = desc
-                    .and_then(|d| d.source)
-                    .unwrap_or_else(|| TrackSource::default_for(kind));
-                let muted = desc.is_some_and(|d| d.muted);
-                let codec = session.rtc.media(m.mid).and_then(|media| {
-                    let pt = *media.remote_pts().first()?;
-                    let params = session.rtc.codec_config().find(|p| p.pt() == pt)?;
-                    Some(params.spec().codec)
-                });
-                let tid = self.next_id;
-                self.next_id += 1;
-                session.recv_tracks.insert(m.mid, tid);
-                let track = Track {
-                    sid: format!("TR_{}", random_id()),
-                    participant: pid,
-                    session: session_id,
-                    mid: m.mid,
-                    kind,
-                    source,
-                    muted,
-                    codec,
-                    subscriptions: Vec::new(),
-                    keyframes: KeyframeThrottle::new(self.config.keyframe_interval),
-                };
-                let info = track.info();
-                self.tracks.insert(tid, track);
-                let p = self
-                    .participants
-                    .get_mut(&pid)
-                    .expect("publisher session belongs to a participant");
-                p.tracks.push(tid);
-                let room = p.room.clone();
-                let psid = p.sid.clone();
-                debug!(participant = %psid, track = %info.sid, "track published");
-                self.broadcast(
-                    &room,
-                    pid,
-                    ServerMessage::TrackPublished {
-                        participant_sid: psid,
-                        track: info,
-                    },
-                );
-                self.subscribe_room_to_track(now, tid);
-            }
-            SessionRole::Whep => {
-                if m.direction.is_sending() {
-                    session.whep_slots.push((m.mid, kind));
-                }
-            }
-            SessionRole::Subscriber => {}
-        }
+        let desc = described.iter().find(|d| d.mid == mid.to_string());
+        let source = desc
+            .and_then(|d| d.source)
+            .unwrap_or_else(|| TrackSource::default_for(kind));
+        let muted = desc.is_some_and(|d| d.muted);
+        let codec = session.rtc.media(mid).and_then(|media| {
+            let pt = *media.remote_pts().first()?;
+            let params = session.rtc.codec_config().find(|p| p.pt() == pt)?;
+            Some(params.spec().codec)
+        });
+        let tid = self.next_id;
+        self.next_id += 1;
+        session.recv_tracks.insert(mid, tid);
+        let track = Track {
+            sid: format!("TR_{}", random_id()),
+            participant: pid,
+            session: session_id,
+            mid,
+            kind,
+            source,
+            muted,
+            codec,
+            subscriptions: Vec::new(),
+            keyframes: KeyframeThrottle::new(self.config.keyframe_interval),
+        };
+        let info = track.info();
+        self.tracks.insert(tid, track);
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        p.tracks.push(tid);
+        let room = p.room.clone();
+        let psid = p.sid.clone();
+        debug!(participant = %psid, track = %info.sid, "track published");
+        self.broadcast(
+            &room,
+            pid,
+            ServerMessage::TrackPublished {
+                participant_sid: psid,
+                track: info,
+            },
+        );
+        self.subscribe_room_to_track(now, tid);
     }
 
     fn accept_subscribe_answer(
@@ -667,12 +658,12 @@ impl WorkerCore {
                 }
                 let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
                 for sub_id in sub_ids {
-                    if let Some(sub) = self.subs.get_mut(&sub_id) {
-                        if !sub.negotiated {
-                            sub.negotiated = true;
-                            let track = sub.track;
-                            self.request_keyframe_for(now, track);
-                        }
+                    if let Some(sub) = self.subs.get_mut(&sub_id)
+                        && !sub.negotiated
+                    {
+                        sub.negotiated = true;
+                        let track = sub.track;
+                        self.request_keyframe_for(now, track);
                     }
                 }
                 Ok(())
@@ -966,13 +957,13 @@ impl WorkerCore {
         if let Some(p) = self.participants.get_mut(&sub.subscriber) {
             p.subscriptions.retain(|s| *s != sub_id);
         }
-        if let Some(session) = self.sessions.get_mut(&sub.session) {
-            if let Some(mid) = sub.mid {
-                session.send_subs.remove(&mid);
-                if session.role == SessionRole::Subscriber {
-                    session.to_stop.push(mid);
-                    self.renegotiate.insert(sub.session);
-                }
+        if let Some(session) = self.sessions.get_mut(&sub.session)
+            && let Some(mid) = sub.mid
+        {
+            session.send_subs.remove(&mid);
+            if session.role == SessionRole::Subscriber {
+                session.to_stop.push(mid);
+                self.renegotiate.insert(sub.session);
             }
         }
     }
@@ -1249,24 +1240,8 @@ impl WorkerCore {
                     }
                 }
             }
-            Event::MediaAdded(m) => {
-                // Only client offers add media; they are handled with the offer. A MediaAdded
-                // here comes from a session whose participant is known.
-                if let Some(pid) = self.sessions.get(&session_id).map(|s| s.participant) {
-                    self.media_added(now, pid, session_id, m, &[]);
-                }
-            }
-            Event::MediaChanged(m) => {
-                if !m.direction.is_receiving() {
-                    let tid = self
-                        .sessions
-                        .get_mut(&session_id)
-                        .and_then(|s| s.recv_tracks.remove(&m.mid));
-                    if let Some(tid) = tid {
-                        self.remove_track(now, tid);
-                    }
-                }
-            }
+            // Client offers are reconciled when accepted (`sync_media`); these come later.
+            Event::MediaAdded(_) | Event::MediaChanged(_) => {}
             Event::Closed => {
                 if let Some(s) = self.sessions.get_mut(&session_id) {
                     s.failed = true;
@@ -1413,11 +1388,12 @@ impl WorkerCore {
         // Subscriptions that waited too long for a keyframe ask again.
         let mut retry = Vec::new();
         for sub in self.subs.values_mut() {
-            if let Some(since) = sub.waiting_since {
-                if sub.waiting_keyframe && now.saturating_duration_since(since) >= KEYFRAME_RETRY {
-                    sub.waiting_since = Some(now);
-                    retry.push(sub.track);
-                }
+            if let Some(since) = sub.waiting_since
+                && sub.waiting_keyframe
+                && now.saturating_duration_since(since) >= KEYFRAME_RETRY
+            {
+                sub.waiting_since = Some(now);
+                retry.push(sub.track);
             }
         }
         for t in retry {
@@ -1463,6 +1439,21 @@ fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
         video_content_type: e.video_content_type,
         ..Default::default()
     }
+}
+
+fn track_kind(kind: MediaKind) -> TrackKind {
+    match kind {
+        MediaKind::Audio => TrackKind::Audio,
+        MediaKind::Video => TrackKind::Video,
+    }
+}
+
+/// The mids of an SDP, in order (`a=mid:` lines).
+fn offer_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect()
 }
 
 fn reply_not_found(request: Request, sid: &str) {
