@@ -528,7 +528,13 @@ impl Driver {
                         }
                         break Ok("left".into());
                     }
-                    Some(Command::GoSilent) => self.silent = true,
+                    Some(Command::GoSilent) => {
+                        self.silent = true;
+                        self.subscriber.silent = true;
+                        if let Some(p) = self.publisher.as_mut() {
+                            p.silent = true;
+                        }
+                    }
                     Some(Command::Send(m)) => out.push(m),
                 },
                 r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {

@@ -19,6 +19,8 @@ pub(crate) struct Peer {
     local: SocketAddr,
     pub timeout: Instant,
     pub connected: bool,
+    /// The network is "down": nothing leaves this peer.
+    pub silent: bool,
     /// Events waiting for the driver.
     events: Vec<Event>,
 }
@@ -46,6 +48,7 @@ impl Peer {
             local,
             timeout: Instant::now(),
             connected: false,
+            silent: false,
             events: Vec::new(),
         })
     }
@@ -86,7 +89,9 @@ impl Peer {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    if !self.silent {
+                        let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    }
                 }
                 Ok(Output::Event(e)) => {
                     if matches!(e, Event::Connected) {
