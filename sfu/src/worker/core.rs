@@ -550,10 +550,12 @@ impl WorkerCore {
                 }
                 SessionRole::Whep => {
                     let known = session.whep_slots.iter().any(|(m, _)| *m == mid);
-                    if direction.is_sending() && !stopped && !known {
-                        if let Some(s) = self.sessions.get_mut(&session_id) {
-                            s.whep_slots.push((mid, track_kind(kind)));
-                        }
+                    if direction.is_sending()
+                        && !stopped
+                        && !known
+                        && let Some(s) = self.sessions.get_mut(&session_id)
+                    {
+                        s.whep_slots.push((mid, track_kind(kind)));
                     }
                 }
                 SessionRole::Subscriber => {}
