@@ -63,7 +63,7 @@ impl ClientConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("websocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("the server refused: {code} ({message})")]
@@ -72,6 +72,12 @@ pub enum ClientError {
     Protocol(String),
     #[error("timed out waiting for {0}")]
     Timeout(String),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        ClientError::WebSocket(Box::new(e))
+    }
 }
 
 /// What one received track looked like.
