@@ -105,6 +105,8 @@ pub struct TrackReport {
     pub audio_frames_decoded: u64,
     pub audio_decode_errors: u64,
     pub last_packet_at: Option<Instant>,
+    /// Video: one-way latency samples in microseconds, sender clock to receiver clock (bounded).
+    pub latency_us: Vec<u64>,
     /// Video key-frame assembly: frame number and packets seen of the first keyframe.
     key_frame: Option<(u32, u16, u16)>,
 }
@@ -813,7 +815,7 @@ impl Driver {
         if !p.connected {
             return;
         }
-        let packets = src.next_frame();
+        let packets = src.next_frame(media::unix_micros());
         let key = packets.first().is_some_and(|p| p.keyframe);
         let mut hashes = Vec::with_capacity(packets.len());
         for pkt in packets {
@@ -925,10 +927,15 @@ impl Driver {
             }
             match check {
                 Some(None) => t.corrupt_payloads += 1,
-                Some(Some(c)) if t.first_keyframe_complete_at.is_none() => {
-                    track_first_keyframe(t, c, marker, now);
+                Some(Some(c)) => {
+                    if t.latency_us.len() < MAX_HASHES {
+                        t.latency_us
+                            .push(media::unix_micros().saturating_sub(c.sent_at_us));
+                    }
+                    if t.first_keyframe_complete_at.is_none() {
+                        track_first_keyframe(t, c, marker, now);
+                    }
                 }
-                Some(Some(_)) => {}
                 None => {}
             }
         });

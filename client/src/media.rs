@@ -13,8 +13,8 @@ pub const OPUS_FRAME: usize = 960;
 /// VP8's RTP clock.
 pub const VIDEO_CLOCK: u32 = 90_000;
 const BODY_MAGIC: [u8; 4] = *b"MOIN";
-/// Body header: magic, seed, frame number, packet index, packet count.
-const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2;
+/// Body header: magic, seed, frame number, packet index, packet count, send time.
+const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2 + 8;
 
 /// Shape of the synthetic video stream.
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +76,10 @@ impl Vp8Source {
         VIDEO_CLOCK / self.shape.fps.max(1)
     }
 
-    /// Packets of the next frame, in order; the last has the marker bit.
-    pub fn next_frame(&mut self) -> Vec<VideoPacket> {
+    /// Packets of the next frame, in order; the last has the marker bit. `sent_at_us` (wall
+    /// clock, microseconds since the Unix epoch) travels in every packet so a receiver on the
+    /// same clock measures one-way latency.
+    pub fn next_frame(&mut self, sent_at_us: u64) -> Vec<VideoPacket> {
         let key = std::mem::take(&mut self.force_key);
         let count = if key {
             self.shape.key_packets
@@ -112,6 +114,7 @@ impl Vp8Source {
                 p.extend_from_slice(&frame.to_be_bytes());
                 p.extend_from_slice(&idx.to_be_bytes());
                 p.extend_from_slice(&count.to_be_bytes());
+                p.extend_from_slice(&sent_at_us.to_be_bytes());
                 let fill = self.shape.packet_size.saturating_sub(p.len());
                 fill_bytes(&mut p, self.seed, frame, idx, fill);
                 VideoPacket {
@@ -122,6 +125,13 @@ impl Vp8Source {
             })
             .collect()
     }
+}
+
+/// Wall clock in microseconds since the Unix epoch (the latency clock of one machine).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Deterministic filler: the receiver regenerates it to prove the bytes arrived intact.
@@ -145,6 +155,8 @@ pub struct VideoCheck {
     pub count: u16,
     /// First packet of a keyframe (S=1, PID=0, P=0).
     pub keyframe_start: bool,
+    /// When the sender wrote it (microseconds since the Unix epoch).
+    pub sent_at_us: u64,
 }
 
 /// Parses and verifies a synthetic VP8 payload. `None` means the bytes were altered.
@@ -186,6 +198,7 @@ pub fn check_vp8(payload: &[u8]) -> Option<VideoCheck> {
     let frame = u32::from_be_bytes(body[8..12].try_into().ok()?);
     let index = u16::from_be_bytes(body[12..14].try_into().ok()?);
     let count = u16::from_be_bytes(body[14..16].try_into().ok()?);
+    let sent_at_us = u64::from_be_bytes(body[16..24].try_into().ok()?);
     let mut expect = Vec::with_capacity(body.len() - BODY_HEADER);
     fill_bytes(&mut expect, seed, frame, index, body.len() - BODY_HEADER);
     if expect != body[BODY_HEADER..] {
@@ -196,6 +209,7 @@ pub fn check_vp8(payload: &[u8]) -> Option<VideoCheck> {
         index,
         count,
         keyframe_start: start && key,
+        sent_at_us,
     })
 }
 
@@ -258,13 +272,13 @@ mod tests {
     #[test]
     fn synthetic_vp8_round_trips_and_detects_tampering() {
         let mut src = Vp8Source::new(VideoShape::default(), 42);
-        let key = src.next_frame();
+        let key = src.next_frame(7);
         assert_eq!(key.len(), 8);
         assert!(key[0].keyframe && key.last().unwrap().marker);
         let c = check_vp8(&key[0].payload).unwrap();
         assert!(c.keyframe_start);
-        assert_eq!((c.frame, c.index, c.count), (0, 0, 8));
-        let delta = src.next_frame();
+        assert_eq!((c.frame, c.index, c.count, c.sent_at_us), (0, 0, 8, 7));
+        let delta = src.next_frame(7);
         assert_eq!(delta.len(), 2);
         let c = check_vp8(&delta[0].payload).unwrap();
         assert!(!c.keyframe_start);
@@ -274,7 +288,7 @@ mod tests {
         bad[last] ^= 1;
         assert!(check_vp8(&bad).is_none());
         src.request_keyframe();
-        assert!(src.next_frame()[0].keyframe);
+        assert!(src.next_frame(7)[0].keyframe);
     }
 
     #[test]
