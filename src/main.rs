@@ -173,16 +173,17 @@ fn print_banner(node: &Node, dev: bool, secret: &str) {
         "  http     http://{}  call page, /rtc, /whip, /whep",
         node.http
     );
+    if dev {
+        println!("  secret   {secret}  (dev only; --secret or MOIEN_SECRET to change)");
+        println!("  token    moien token --room demo --identity alice --publish --subscribe");
+    }
+    // The media line comes last: scripts wait for it to know the server is up.
     let media: Vec<String> = node
         .media_addrs
         .iter()
         .map(|a| format!("udp {a}"))
         .collect();
     println!("  media    {}", media.join(", "));
-    if dev {
-        println!("  secret   {secret}  (dev only; --secret or MOIEN_SECRET to change)");
-        println!("  token    moien token --room demo --identity alice --publish --subscribe");
-    }
 }
 
 async fn shutdown_signal() {
@@ -209,7 +210,12 @@ async fn shutdown_signal() {
 fn init_logging(log: &moien::config::LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs on stderr; stdout carries only the banner, which scripts parse.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if log.format == "json" {
         let _ = builder.json().try_init();
     } else {
