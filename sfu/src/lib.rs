@@ -5,10 +5,13 @@
 //! worker that owns a participant's room. Everything a worker decides lives in the sans-IO
 //! `worker::core`; the vocabulary is in `room`.
 
+pub mod allocator;
 pub mod api;
+pub mod bitrate;
 pub mod config;
 mod demux;
 pub mod keyframe;
+pub mod layer;
 pub mod rewrite;
 mod room;
 mod session;

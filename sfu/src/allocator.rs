@@ -1,0 +1,243 @@
+//! Bandwidth allocation for one subscriber: shares its estimated downlink among its
+//! subscriptions by priority, as a pure function.
+//!
+//! Audio is always allocated (it is cheap and losing it ends the conversation). Video gets, in
+//! priority order (screen share, active speaker, pinned, others), first its lowest layer, then
+//! upgrades; a video subscription whose lowest layer does not fit is paused rather than left to
+//! collapse. The result also says how much the subscriber would like, so the bandwidth estimator
+//! probes toward the next upgrade.
+
+/// Why a subscription matters more than another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Other = 0,
+    Pinned = 1,
+    Speaker = 2,
+    Screen = 3,
+}
+
+/// One subscription as the allocator sees it.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub id: u64,
+    /// Audio: `layers` holds its one bitrate and it is never paused.
+    pub audio: bool,
+    pub priority: Priority,
+    /// Bitrate of each layer, lowest first, in bit/s (measured, or last known).
+    pub layers: Vec<u64>,
+    /// Highest layer the client wants (a small tile needs no full resolution).
+    pub max_layer: Option<usize>,
+    /// The client asked for nothing (hidden tile).
+    pub paused_by_client: bool,
+    /// Layer allocated last time, for hysteresis.
+    pub current: Option<usize>,
+}
+
+/// The decision for one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Forward this layer (audio: layer 0).
+    Layer(usize),
+    Paused,
+}
+
+/// Upgrading needs this much room beyond the layer's rate, so that noise in the estimate does
+/// not flap layers; downgrades happen as soon as a layer no longer fits.
+const UPGRADE_MARGIN_PERCENT: u64 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub grants: Vec<(u64, Grant)>,
+    /// Sum of what was granted.
+    pub used_bps: u64,
+    /// What the subscriber would use with one more upgrade: the probing target.
+    pub desired_bps: u64,
+}
+
+pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
+    let mut grants: Vec<(u64, Grant)> = Vec::with_capacity(wants.len());
+    let mut used = 0u64;
+    for w in wants.iter().filter(|w| w.audio) {
+        let rate = w.layers.first().copied().unwrap_or(0);
+        used += rate;
+        grants.push((w.id, Grant::Layer(0)));
+    }
+    let mut video: Vec<&Want> = wants.iter().filter(|w| !w.audio).collect();
+    // Highest priority first; equal priority in a stable order.
+    video.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+
+    let top = |w: &Want| -> Option<usize> {
+        if w.paused_by_client || w.layers.is_empty() {
+            return None;
+        }
+        Some(w.max_layer.unwrap_or(usize::MAX).min(w.layers.len() - 1))
+    };
+    let fits = |used: u64, rate: u64, upgrade: bool| -> bool {
+        let need = if upgrade {
+            rate + rate * UPGRADE_MARGIN_PERCENT / 100
+        } else {
+            rate
+        };
+        used + need <= budget_bps
+    };
+
+    // Pass 1: everyone's lowest layer, in priority order.
+    let mut chosen: Vec<Option<usize>> = vec![None; video.len()];
+    for (i, w) in video.iter().enumerate() {
+        if top(w).is_none() {
+            continue;
+        }
+        let rate = w.layers[0];
+        let upgrade = w.current.is_none();
+        if fits(used, rate, upgrade) {
+            used += rate;
+            chosen[i] = Some(0);
+        }
+    }
+    // Pass 2: upgrades, in priority order, each as high as it fits.
+    for (i, w) in video.iter().enumerate() {
+        let (Some(base), Some(top)) = (chosen[i], top(w)) else {
+            continue;
+        };
+        let mut best = base;
+        for layer in (base + 1)..=top {
+            let delta = w.layers[layer].saturating_sub(w.layers[best]);
+            let upgrade = w.current.is_none_or(|c| layer > c);
+            if fits(used, delta, upgrade) {
+                used += delta;
+                best = layer;
+            } else {
+                break;
+            }
+        }
+        chosen[i] = Some(best);
+    }
+    // Probe toward the first subscription that could still go up.
+    let mut desired = used;
+    for (i, w) in video.iter().enumerate() {
+        let Some(top) = top(w) else { continue };
+        let next = chosen[i].map_or(0, |c| c + 1);
+        if next <= top {
+            let now = chosen[i].map_or(0, |c| w.layers[c]);
+            desired = used + w.layers[next].saturating_sub(now);
+            break;
+        }
+    }
+    for (i, w) in video.iter().enumerate() {
+        grants.push((w.id, chosen[i].map_or(Grant::Paused, Grant::Layer)));
+    }
+    Allocation {
+        grants,
+        used_bps: used,
+        desired_bps: desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMULCAST: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    fn video(id: u64, priority: Priority) -> Want {
+        Want {
+            id,
+            audio: false,
+            priority,
+            layers: SIMULCAST.to_vec(),
+            max_layer: None,
+            paused_by_client: false,
+            current: None,
+        }
+    }
+
+    fn audio(id: u64) -> Want {
+        Want {
+            id,
+            audio: true,
+            priority: Priority::Other,
+            layers: vec![40_000],
+            max_layer: None,
+            paused_by_client: false,
+            current: None,
+        }
+    }
+
+    fn grant(a: &Allocation, id: u64) -> Grant {
+        a.grants.iter().find(|(i, _)| *i == id).unwrap().1
+    }
+
+    #[test]
+    fn one_stream_gets_the_highest_layer_that_fits() {
+        for (budget, layer) in [
+            (2_000_000, Grant::Layer(2)),
+            (600_000, Grant::Layer(1)),
+            (220_000, Grant::Layer(0)),
+            (150_000, Grant::Paused),
+        ] {
+            let a = allocate(budget, &[audio(1), video(2, Priority::Other)]);
+            assert_eq!(grant(&a, 2), layer, "budget {budget}");
+            assert_eq!(grant(&a, 1), Grant::Layer(0), "audio always flows");
+            assert!(a.used_bps <= budget.max(40_000));
+        }
+    }
+
+    #[test]
+    fn audio_is_never_starved() {
+        let a = allocate(10_000, &[audio(1), audio(2), video(3, Priority::Screen)]);
+        assert_eq!(grant(&a, 1), Grant::Layer(0));
+        assert_eq!(grant(&a, 2), Grant::Layer(0));
+        assert_eq!(grant(&a, 3), Grant::Paused);
+    }
+
+    #[test]
+    fn priority_decides_who_gets_quality() {
+        let wants = [
+            video(1, Priority::Other),
+            video(2, Priority::Screen),
+            video(3, Priority::Speaker),
+        ];
+        // Room for all three base layers plus one full upgrade (with its margin).
+        let a = allocate(3 * 150_000 + 1_500_000, &wants);
+        assert_eq!(grant(&a, 2), Grant::Layer(2), "screen share first");
+        assert_eq!(grant(&a, 3), Grant::Layer(0));
+        assert_eq!(grant(&a, 1), Grant::Layer(0));
+        // Too little for everyone's base layer: the lowest priority pauses.
+        let a = allocate(330_000, &wants);
+        assert_eq!(grant(&a, 1), Grant::Paused);
+        assert_eq!(grant(&a, 2), Grant::Layer(0));
+        assert_eq!(grant(&a, 3), Grant::Layer(0));
+    }
+
+    #[test]
+    fn client_limits_are_respected() {
+        let mut small = video(1, Priority::Other);
+        small.max_layer = Some(0);
+        let mut hidden = video(2, Priority::Other);
+        hidden.paused_by_client = true;
+        let a = allocate(10_000_000, &[small, hidden]);
+        assert_eq!(grant(&a, 1), Grant::Layer(0));
+        assert_eq!(grant(&a, 2), Grant::Paused);
+        assert_eq!(a.used_bps, 150_000);
+    }
+
+    #[test]
+    fn upgrades_need_a_margin_downgrades_do_not() {
+        let mut v = video(1, Priority::Other);
+        // Exactly the rate of layer 1: not enough to go up to it...
+        v.current = Some(0);
+        assert_eq!(grant(&allocate(500_000, &[v.clone()]), 1), Grant::Layer(0));
+        // ...but enough to stay on it.
+        v.current = Some(1);
+        assert_eq!(grant(&allocate(500_000, &[v]), 1), Grant::Layer(1));
+    }
+
+    #[test]
+    fn desired_rate_points_at_the_next_upgrade() {
+        let a = allocate(600_000, &[video(1, Priority::Other)]);
+        assert_eq!(grant(&a, 1), Grant::Layer(1));
+        assert_eq!(a.desired_bps, 1_500_000);
+        let a = allocate(5_000_000, &[video(1, Priority::Other)]);
+        assert_eq!(a.desired_bps, a.used_bps);
+    }
+}
