@@ -53,8 +53,18 @@ fn token_defaults_to_the_dev_secret_and_env_overrides_it() {
     assert!(auth::verify("from-env", token.trim()).is_ok());
 }
 
+/// A server process that is killed however the test ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `moien serve` with the given args and env, returns the banner lines up to the media line.
-fn serve_banner(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Vec<String>) {
+fn serve_banner(args: &[&str], env: &[(&str, &str)]) -> (Server, Vec<String>) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(args)
@@ -64,8 +74,8 @@ fn serve_banner(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Ve
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Server(cmd.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
     let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -88,7 +98,7 @@ fn serve_reads_config_file_env_and_flags() {
         "[auth]\nsecret = \"file-secret\"\n[signaling]\nlisten = \"127.0.0.1:0\"\n[media]\nport = 0\nworkers = 3\n",
     )
     .unwrap();
-    let (mut child, lines) = serve_banner(
+    let (_server, lines) = serve_banner(
         &["--config", path.to_str().unwrap()],
         &[("MOIEN_MEDIA_WORKERS", "2")],
     );
@@ -101,8 +111,6 @@ fn serve_reads_config_file_env_and_flags() {
     assert!(lines.iter().any(|l| l.contains("http://127.0.0.1:")));
     // Not dev mode: the secret is not printed.
     assert!(!lines.iter().any(|l| l.contains("file-secret")));
-    child.kill().unwrap();
-    child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -139,7 +147,7 @@ fn serve_rejects_unknown_options() {
 
 #[test]
 fn dev_mode_prints_the_secret_and_serves_the_dev_token() {
-    let (mut child, lines) = serve_banner(
+    let (_server, lines) = serve_banner(
         &["--dev", "--http", "127.0.0.1:0", "--media-port", "0"],
         &[],
     );
@@ -156,8 +164,6 @@ fn dev_mode_prints_the_secret_and_serves_the_dev_token() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let claims = auth::verify("moien-dev-secret", v["token"].as_str().unwrap()).unwrap();
     assert!(claims.grants.publish && claims.grants.subscribe);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 mod reqwest {

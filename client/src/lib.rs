@@ -3,8 +3,10 @@
 //! integrity, sequence continuity, first keyframe, decoded audio). Tests, the load tester and the
 //! call probe use it.
 
+pub mod external;
 pub mod media;
 mod peer;
+pub mod speech;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -28,6 +30,7 @@ use tracing::debug;
 
 use crate::media::{OPUS_FRAME, OpusSink, OpusTone, VideoShape, Vp8Source, check_vp8};
 use crate::peer::Peer;
+use crate::speech::{SpeechPattern, SpeechSource};
 
 /// How a simulated participant behaves.
 #[derive(Debug, Clone)]
@@ -43,6 +46,52 @@ pub struct ClientConfig {
     pub tone_hz: f32,
     /// Verify and record every received payload (tests); off for load.
     pub verify: bool,
+    /// Speech-like audio (talk spurts, pauses with DTX, real audio levels) instead of the
+    /// continuous tone.
+    pub speech: Option<SpeechPattern>,
+    /// Called for every received RTP packet, from the client's task (load measurement).
+    pub on_packet: Option<PacketObserver>,
+    /// Pace the published media (str0m's pacer, driven by its bandwidth estimate), as browsers
+    /// do. Off, packets leave when written, so one-way latency shows only the path after the
+    /// sender.
+    pub pace_publisher: bool,
+}
+
+/// What a receiver saw of one RTP packet, handed to a [`PacketObserver`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedPacket<'a> {
+    pub track_sid: &'a str,
+    pub participant_sid: &'a str,
+    pub kind: TrackKind,
+    /// Extended sequence number (no wrap).
+    pub seq: u64,
+    pub rtp_time: u32,
+    pub payload_len: usize,
+    pub marker: bool,
+    /// When the datagram was handed to the client's peer connection.
+    pub arrival: Instant,
+    /// Video: the sender's wall clock when it wrote the frame (microseconds since the epoch).
+    pub sent_at_us: Option<u64>,
+    /// Video: first packet of a keyframe.
+    pub keyframe_start: bool,
+    /// RFC 6464 level (-dBov) when the packet carried one.
+    pub audio_level: Option<i8>,
+}
+
+/// A callback for every received RTP packet. It runs on the client's task: keep it short.
+#[derive(Clone)]
+pub struct PacketObserver(pub Arc<dyn Fn(&ReceivedPacket<'_>) + Send + Sync>);
+
+impl PacketObserver {
+    pub fn new(f: impl Fn(&ReceivedPacket<'_>) + Send + Sync + 'static) -> Self {
+        PacketObserver(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for PacketObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketObserver")
+    }
 }
 
 impl ClientConfig {
@@ -56,6 +105,9 @@ impl ClientConfig {
             video: VideoShape::default(),
             tone_hz: 440.0,
             verify: true,
+            speech: None,
+            on_packet: None,
+            pace_publisher: true,
         }
     }
 }
@@ -415,6 +467,7 @@ struct Driver {
     /// Subscriber m-lines → what they carry (from the latest `subscribe_offer`).
     incoming: HashMap<Mid, SubscribedTrack>,
     tone: Option<OpusTone>,
+    speech: Option<SpeechSource>,
     video: Option<Vp8Source>,
     sinks: HashMap<String, OpusSink>,
     next_audio: Instant,
@@ -435,12 +488,18 @@ impl Driver {
     ) -> Result<Driver, ClientError> {
         let publishing = config.publish_audio || config.publish_video;
         let publisher = if publishing {
-            Some(Peer::new(config.bind_ip).await?)
+            Some(Peer::new(config.bind_ip, config.pace_publisher).await?)
         } else {
             None
         };
-        let subscriber = Peer::new(config.bind_ip).await?;
-        let tone = if config.publish_audio {
+        let subscriber = Peer::new(config.bind_ip, true).await?;
+        let speech = match config.speech {
+            Some(pattern) if config.publish_audio => {
+                Some(SpeechSource::new(pattern).map_err(|e| ClientError::Protocol(e.to_string()))?)
+            }
+            _ => None,
+        };
+        let tone = if config.publish_audio && speech.is_none() {
             Some(OpusTone::new(config.tone_hz).map_err(|e| ClientError::Protocol(e.to_string()))?)
         } else {
             None
@@ -459,6 +518,7 @@ impl Driver {
             outgoing: Vec::new(),
             incoming: HashMap::new(),
             tone,
+            speech,
             video,
             sinks: HashMap::new(),
             next_audio: now,
@@ -581,7 +641,7 @@ impl Driver {
         if let Some(p) = &self.publisher {
             d = d.min(p.timeout);
             if p.connected && !self.silent {
-                if self.tone.is_some() {
+                if self.tone.is_some() || self.speech.is_some() {
                     d = d.min(self.next_audio);
                 }
                 if self.video.is_some() {
@@ -755,6 +815,10 @@ impl Driver {
     }
 
     fn send_audio(&mut self, now: Instant) {
+        if self.speech.is_some() {
+            self.send_speech(now);
+            return;
+        }
         let Some(pt) = self.outgoing_pt(Codec::Opus) else {
             return;
         };
@@ -788,6 +852,54 @@ impl Driver {
             self.with_report(|r| {
                 r.sent_audio += 1;
                 if r.sent_hashes.len() < MAX_HASHES {
+                    r.sent_hashes.insert(h);
+                }
+            });
+        }
+    }
+
+    /// One 20 ms frame of speech: the timestamp always advances, DTX frames are not sent.
+    fn send_speech(&mut self, now: Instant) {
+        let Some(pt) = self.outgoing_pt(Codec::Opus) else {
+            return;
+        };
+        let Some(track) = self
+            .outgoing
+            .iter_mut()
+            .find(|o| o.kind == TrackKind::Audio)
+        else {
+            return;
+        };
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        let Some(frame) = self.speech.as_mut().and_then(|s| s.next_frame().ok()) else {
+            return;
+        };
+        let ts = track.ts;
+        track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
+        let Some(packet) = frame.payload else {
+            return;
+        };
+        let h = hash(&packet);
+        let ext = ExtensionValues {
+            audio_level: Some(-(frame.level.min(127) as i8)),
+            voice_activity: Some(frame.voice),
+            ..Default::default()
+        };
+        let write = RtpWrite::new(pt, track.seq.into(), ts, now, packet)
+            .marker(frame.marker)
+            .ext_vals(ext);
+        track.seq += 1;
+        let mid = track.mid;
+        if p.write(mid, write) {
+            let verify = self.config.verify;
+            self.with_report(|r| {
+                r.sent_audio += 1;
+                if verify && r.sent_hashes.len() < MAX_HASHES {
                     r.sent_hashes.insert(h);
                 }
             });
@@ -897,6 +1009,24 @@ impl Driver {
         let seq = pkt.header.sequence_number;
         let len = pkt.payload.len() as u64;
         let marker = pkt.header.marker;
+        if let Some(obs) = &self.config.on_packet {
+            let parsed = (info.kind == TrackKind::Video)
+                .then(|| media::parse_vp8(&pkt.payload))
+                .flatten();
+            obs.0(&ReceivedPacket {
+                track_sid: &info.track_sid,
+                participant_sid: &info.participant_sid,
+                kind: info.kind,
+                seq: *pkt.seq_no,
+                rtp_time: pkt.header.timestamp,
+                payload_len: pkt.payload.len(),
+                marker,
+                arrival: pkt.timestamp,
+                sent_at_us: parsed.map(|c| c.sent_at_us),
+                keyframe_start: parsed.is_some_and(|c| c.keyframe_start),
+                audio_level: pkt.header.ext_vals.audio_level,
+            });
+        }
         self.with_report(|r| {
             let t = r.tracks.entry(info.track_sid.clone()).or_default();
             t.participant_sid = info.participant_sid.clone();

@@ -161,6 +161,28 @@ pub struct VideoCheck {
 
 /// Parses and verifies a synthetic VP8 payload. `None` means the bytes were altered.
 pub fn check_vp8(payload: &[u8]) -> Option<VideoCheck> {
+    let (check, seed, body) = parse(payload)?;
+    let mut expect = Vec::with_capacity(body.len() - BODY_HEADER);
+    fill_bytes(
+        &mut expect,
+        seed,
+        check.frame,
+        check.index,
+        body.len() - BODY_HEADER,
+    );
+    if expect != body[BODY_HEADER..] {
+        return None;
+    }
+    Some(check)
+}
+
+/// Reads a synthetic VP8 payload's descriptor and body header without regenerating the filler:
+/// cheap enough for every packet under load (send time, frame, keyframe start).
+pub fn parse_vp8(payload: &[u8]) -> Option<VideoCheck> {
+    parse(payload).map(|(c, _, _)| c)
+}
+
+fn parse(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
     let b0 = *payload.first()?;
     let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
     let mut i = 1;
@@ -199,18 +221,14 @@ pub fn check_vp8(payload: &[u8]) -> Option<VideoCheck> {
     let index = u16::from_be_bytes(body[12..14].try_into().ok()?);
     let count = u16::from_be_bytes(body[14..16].try_into().ok()?);
     let sent_at_us = u64::from_be_bytes(body[16..24].try_into().ok()?);
-    let mut expect = Vec::with_capacity(body.len() - BODY_HEADER);
-    fill_bytes(&mut expect, seed, frame, index, body.len() - BODY_HEADER);
-    if expect != body[BODY_HEADER..] {
-        return None;
-    }
-    Some(VideoCheck {
+    let check = VideoCheck {
         frame,
         index,
         count,
         keyframe_start: start && key,
         sent_at_us,
-    })
+    };
+    Some((check, seed, body))
 }
 
 /// A sine tone encoded with libopus, 20 ms per packet.

@@ -26,19 +26,24 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub async fn new(bind: IpAddr) -> std::io::Result<Peer> {
+    /// `pace`: enable str0m's bandwidth estimation, and with it the pacer, on what this peer sends.
+    pub async fn new(bind: IpAddr, pace: bool) -> std::io::Result<Peer> {
         let socket = UdpSocket::bind(SocketAddr::new(bind, 0)).await?;
         let local = socket.local_addr()?;
-        let mut rtc = RtcConfig::new()
+        let config = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_vp9(true)
             .enable_h264(true)
-            .enable_av1(true)
-            .enable_bwe(Some(Bitrate::kbps(2_000)))
-            .build(Instant::now());
+            .enable_av1(true);
+        let config = if pace {
+            config.enable_bwe(Some(Bitrate::kbps(2_000)))
+        } else {
+            config
+        };
+        let mut rtc = config.build(Instant::now());
         if let Ok(c) = Candidate::host(local, "udp") {
             rtc.add_local_candidate(c);
         }

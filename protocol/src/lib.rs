@@ -142,6 +142,18 @@ pub enum ClientMessage {
         track_sid: String,
         muted: bool,
     },
+    /// How this participant wants one of its subscriptions: paused (a hidden tile needs
+    /// nothing), at most some layer (0 = lowest; a small tile needs no full resolution), or
+    /// pinned (more allocation priority). Absent fields keep their value.
+    UpdateSubscription {
+        track_sid: String,
+        #[serde(default)]
+        paused: Option<bool>,
+        #[serde(default)]
+        max_layer: Option<u8>,
+        #[serde(default)]
+        pinned: Option<bool>,
+    },
     Ping {
         timestamp: u64,
     },
@@ -194,6 +206,23 @@ pub enum ServerMessage {
     Pong {
         timestamp: u64,
     },
+    /// The server paused or resumed a video subscription (bandwidth, or the client's wish), or
+    /// moved it to another layer.
+    SubscriptionState {
+        participant_sid: String,
+        track_sid: String,
+        paused: bool,
+        /// Layer now forwarded (0 = lowest); absent while paused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+        reason: PauseReason,
+    },
+    /// Dynacast: which layers of one of your tracks anybody receives. Stop encoding inactive
+    /// ones (e.g. `RTCRtpEncodingParameters.active = false`); resume when told.
+    PublishLayers {
+        track_sid: String,
+        layers: Vec<PublishLayer>,
+    },
     /// The server ends this participant's session (it is followed by a close).
     Leave {
         reason: LeaveReason,
@@ -211,6 +240,26 @@ pub enum ServerMessage {
 pub struct PublishedTrack {
     pub mid: String,
     pub track: TrackInfo,
+}
+
+/// One layer of a published track as dynacast sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishLayer {
+    /// The simulcast rid (`q`, `h`, `f`, ...); empty for a track without simulcast.
+    pub rid: String,
+    pub active: bool,
+}
+
+/// Why a subscription is in its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The subscriber's downlink does not carry it (or, when resumed, carries it again).
+    Bandwidth,
+    /// The subscriber asked (`update_subscription`).
+    Client,
+    /// The publisher muted the track.
+    Muted,
 }
 
 /// Why a participant left.

@@ -99,5 +99,11 @@ pub(crate) enum Request {
         track_sid: String,
         muted: bool,
     },
+    UpdateSubscription {
+        track_sid: String,
+        paused: Option<bool>,
+        max_layer: Option<u8>,
+        pinned: Option<bool>,
+    },
     Leave(LeaveReason, Reply<()>),
 }

@@ -11,7 +11,9 @@
 pub enum Verdict {
     Drop,
     /// Forward; `switched` means this packet starts a new source (rebase numbering).
-    Forward { switched: bool },
+    Forward {
+        switched: bool,
+    },
 }
 
 /// Simulcast: one of several independent streams.
@@ -180,19 +182,32 @@ mod tests {
     fn svc_filters_layers_above_the_target() {
         let mut s = SvcSelector::default();
         s.set_target(Some((1, 1)));
-        assert_eq!(s.on_packet(pkt(0, 0, false)), Verdict::Drop, "waits for a keyframe");
+        assert_eq!(
+            s.on_packet(pkt(0, 0, false)),
+            Verdict::Drop,
+            "waits for a keyframe"
+        );
         assert_eq!(
             s.on_packet(pkt(0, 0, true)),
             Verdict::Forward { switched: true }
         );
-        assert_eq!(s.on_packet(pkt(1, 0, false)), Verdict::Forward { switched: false });
-        assert_eq!(s.on_packet(pkt(1, 1, false)), Verdict::Forward { switched: false });
+        assert_eq!(
+            s.on_packet(pkt(1, 0, false)),
+            Verdict::Forward { switched: false }
+        );
+        assert_eq!(
+            s.on_packet(pkt(1, 1, false)),
+            Verdict::Forward { switched: false }
+        );
         assert_eq!(s.on_packet(pkt(1, 2, false)), Verdict::Drop);
         assert_eq!(s.on_packet(pkt(2, 0, false)), Verdict::Drop);
         // Down is immediate.
         s.set_target(Some((0, 0)));
         assert_eq!(s.on_packet(pkt(1, 0, false)), Verdict::Drop);
-        assert_eq!(s.on_packet(pkt(0, 0, false)), Verdict::Forward { switched: false });
+        assert_eq!(
+            s.on_packet(pkt(0, 0, false)),
+            Verdict::Forward { switched: false }
+        );
         // Up waits for a keyframe or a switch point of the new spatial layer.
         s.set_target(Some((2, 2)));
         assert!(s.needs_keyframe());

@@ -195,6 +195,24 @@ impl MediaNode {
         self.request(p, Request::Mute { track_sid, muted }).await
     }
 
+    /// The client's wishes for one subscription (pause, maximum layer, pin).
+    pub async fn update_subscription(
+        &self,
+        p: &ParticipantRef,
+        track_sid: String,
+        paused: Option<bool>,
+        max_layer: Option<u8>,
+        pinned: Option<bool>,
+    ) -> Result<(), SfuError> {
+        let request = Request::UpdateSubscription {
+            track_sid,
+            paused,
+            max_layer,
+            pinned,
+        };
+        self.request(p, request).await
+    }
+
     pub async fn leave(&self, p: &ParticipantRef, reason: LeaveReason) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
         self.request(p, Request::Leave(reason, reply)).await?;

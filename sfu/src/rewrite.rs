@@ -15,6 +15,10 @@ pub struct Rewriter {
     ts_delta: u32,
     first_in_seq: u64,
     highest_out_seq: Option<u64>,
+    /// Timestamp of the packet with the highest outgoing sequence number.
+    last_out_ts: u32,
+    /// After a source switch: how far the timestamp moves from `last_out_ts`.
+    switch_advance: Option<u32>,
 }
 
 impl Rewriter {
@@ -27,6 +31,19 @@ impl Rewriter {
             ts_delta: 0,
             first_in_seq: 0,
             highest_out_seq: None,
+            last_out_ts: out_ts_start,
+            switch_advance: None,
+        }
+    }
+
+    /// The next packet comes from another source (a simulcast layer switch): it continues the
+    /// numbering at `highest + 1`, and its timestamp lands `ts_advance` after the last one sent
+    /// (the wall-clock time between them, in the codec clock), so the subscriber's jitter buffer
+    /// sees one stream.
+    pub fn switch_source(&mut self, ts_advance: u32) {
+        if self.highest_out_seq.is_some() {
+            self.seq_delta = None;
+            self.switch_advance = Some(ts_advance.max(1));
         }
     }
 
@@ -46,17 +63,21 @@ impl Rewriter {
                 let d = next.wrapping_sub(in_seq);
                 self.seq_delta = Some(d);
                 self.first_in_seq = in_seq;
-                if self.highest_out_seq.is_none() {
-                    self.ts_delta = self.out_ts_start.wrapping_sub(in_ts);
-                }
+                let base = match self.switch_advance.take() {
+                    Some(advance) => self.last_out_ts.wrapping_add(advance),
+                    None => self.out_ts_start,
+                };
+                self.ts_delta = base.wrapping_sub(in_ts);
                 d
             }
         };
         let out_seq = in_seq.wrapping_add(delta);
+        let out_ts = in_ts.wrapping_add(self.ts_delta);
         if self.highest_out_seq.is_none_or(|h| out_seq > h) {
             self.highest_out_seq = Some(out_seq);
+            self.last_out_ts = out_ts;
         }
-        Some((out_seq, in_ts.wrapping_add(self.ts_delta)))
+        Some((out_seq, out_ts))
     }
 
     /// The highest outgoing sequence number written so far.
@@ -102,6 +123,23 @@ mod tests {
         let mut r = Rewriter::new(10, 0);
         r.rewrite(500, 0).unwrap();
         assert!(r.rewrite(499, 0).is_none());
+    }
+
+    #[test]
+    fn a_source_switch_continues_numbering_and_time() {
+        let mut r = Rewriter::new(100, 1_000);
+        assert_eq!(r.rewrite(5_000, 90_000), Some((100, 1_000)));
+        assert_eq!(r.rewrite(5_001, 93_000), Some((101, 4_000)));
+        // Another layer: its own numbering and timestamp base; 33 ms later = 3,000 ticks.
+        r.switch_source(3_000);
+        assert_eq!(r.rewrite(70_000, 7_777_000), Some((102, 7_000)));
+        assert_eq!(r.rewrite(70_001, 7_780_000), Some((103, 10_000)));
+        // Packets of the old source after the switch are older than the new start: dropped.
+        assert_eq!(r.rewrite(69_999, 7_774_000), None);
+        // A switch before anything was sent changes nothing.
+        let mut fresh = Rewriter::new(7, 0);
+        fresh.switch_source(500);
+        assert_eq!(fresh.rewrite(10, 10), Some((7, 0)));
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use moien_protocol::{ParticipantInfo, TrackInfo, TrackKind, TrackSource};
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Mid, Pt};
+use str0m::media::{Mid, Pt, Rid};
 
 use crate::api::{EventSender, ParticipantKind};
+use crate::bitrate::BitrateMeter;
 use crate::keyframe::KeyframeThrottle;
+use crate::layer::SimulcastSelector;
 use crate::rewrite::Rewriter;
 use crate::session::SessionId;
 
@@ -56,7 +58,39 @@ pub(crate) struct Track {
     /// Codec of the last packet, for the keyframe detector and `TrackInfo.codec`.
     pub codec: Option<Codec>,
     pub subscriptions: Vec<SubscriptionId>,
+    /// Simulcast layers, lowest first (the publisher's rid order); one layer without simulcast.
+    pub layers: Vec<TrackLayer>,
+}
+
+/// One simulcast layer of a track (or the track itself without simulcast).
+pub(crate) struct TrackLayer {
+    pub rid: Option<Rid>,
+    pub meter: BitrateMeter,
+    /// The meter's reading at the last housekeeping pass (0 while the layer is idle).
+    pub meter_bps: u64,
+    /// Last non-zero measured rate: what the layer costs while it is not flowing.
+    pub last_bps: u64,
     pub keyframes: KeyframeThrottle,
+    pub last_packet: Option<Instant>,
+    /// Dynacast: whether the publisher was last told to send it.
+    pub active: bool,
+    /// Dynacast: since when no subscriber needs it.
+    pub unneeded_since: Option<Instant>,
+}
+
+impl TrackLayer {
+    pub fn new(rid: Option<Rid>, keyframes: KeyframeThrottle) -> Self {
+        TrackLayer {
+            rid,
+            meter: BitrateMeter::default(),
+            meter_bps: 0,
+            last_bps: 0,
+            keyframes,
+            last_packet: None,
+            active: true,
+            unneeded_since: None,
+        }
+    }
 }
 
 impl Track {
@@ -84,26 +118,46 @@ pub(crate) struct Subscription {
     /// True once the m-line is negotiated (answer accepted, or WHEP answer sent).
     pub negotiated: bool,
     pub rewriter: Rewriter,
-    /// Video subscriptions wait for a keyframe before forwarding anything.
-    pub waiting_keyframe: bool,
-    pub waiting_since: Option<Instant>,
-    /// Publisher PT → subscriber PT, learned on first use.
-    pub pt_map: Vec<(Pt, Option<Pt>)>,
+    /// Which layer flows (video); audio always flows.
+    pub selector: SimulcastSelector,
+    /// Since when the selector waits for a keyframe, for retries.
+    pub keyframe_wait_since: Option<Instant>,
+    /// When the last packet was forwarded, to keep timestamps moving across a switch.
+    pub last_forward: Option<Instant>,
+    /// The client's wishes.
+    pub max_layer: Option<usize>,
+    pub client_paused: bool,
+    pub pinned: bool,
+    /// The paused state the client was last told (`subscription_state`).
+    pub told_paused: Option<bool>,
+    /// Publisher PT → (subscriber PT, unwrap RED), learned on first use.
+    pub pt_map: Vec<(Pt, Option<(Pt, bool)>)>,
 }
 
 impl Subscription {
-    /// The subscriber's payload type for the publisher's `params`, computed once per PT.
+    /// The subscriber's payload type for a publisher packet of `pt`, whose codec is `params`
+    /// (`red` when `pt` is the RFC 2198 wrapper of that codec). Returns the outgoing PT and
+    /// whether the RED wrapper must come off because the subscriber did not negotiate RED.
+    /// Computed once per PT.
     pub fn map_pt(
         &mut self,
+        pt: Pt,
         params: &PayloadParams,
+        red: bool,
         subscriber: &str0m::format::CodecConfig,
-    ) -> Option<Pt> {
-        if let Some((_, out)) = self.pt_map.iter().find(|(pt, _)| *pt == params.pt()) {
+    ) -> Option<(Pt, bool)> {
+        if let Some((_, out)) = self.pt_map.iter().find(|(p, _)| *p == pt) {
             return *out;
         }
-        let out = subscriber.match_params(*params).map(|p| p.pt());
+        let out = subscriber
+            .match_params(*params)
+            .map(|p| match (red, p.red()) {
+                (true, Some(r)) => (r, false),
+                (true, None) => (p.pt(), true),
+                (false, _) => (p.pt(), false),
+            });
         if self.pt_map.len() < 16 {
-            self.pt_map.push((params.pt(), out));
+            self.pt_map.push((pt, out));
         }
         out
     }

@@ -14,6 +14,10 @@ use str0m::media::Mid;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
+/// Where bandwidth estimation starts for a sending session: enough for a few base layers and
+/// audio, so a call starts quickly, low enough not to flood a weak link.
+pub(crate) const INITIAL_BWE_BPS: u64 = 1_000_000;
+
 /// Node-wide unique session id (allocated off the worker, so it is global, not per worker).
 pub type SessionId = u64;
 
@@ -95,7 +99,7 @@ impl RtcFactory {
         let mut config = self.template.clone().set_local_ice_credentials(creds);
         if role.sends() {
             // Pacing exists only with BWE on (str0m #368); it also feeds layer allocation.
-            config = config.enable_bwe(Some(Bitrate::kbps(1_500)));
+            config = config.enable_bwe(Some(Bitrate::bps(INITIAL_BWE_BPS)));
         }
         let mut rtc = config.build(now);
         for addr in candidates {
@@ -129,24 +133,33 @@ pub(crate) struct Session {
     /// Deadline `poll_output` last asked for.
     pub timeout: Option<Instant>,
     pub connected: bool,
+    pub connected_at: Option<Instant>,
     pub disconnected_since: Option<Instant>,
     /// When the session first had a complete negotiation; the connect timeout runs from here.
     pub negotiated_at: Option<Instant>,
     /// Subscriber sessions: our outstanding offer, and whether more changes wait for it.
     pub pending_offer: Option<SdpPendingOffer>,
+    pub offer_sent_at: Option<Instant>,
     pub needs_offer: bool,
+    /// Subscriber sessions: the data channel went out in an offer.
+    pub channel_added: bool,
     /// m-lines whose subscriptions ended and that the next offer stops.
     pub to_stop: Vec<Mid>,
     /// Publisher sessions: mid → track id.
     pub recv_tracks: HashMap<Mid, u64>,
-    /// Publisher sessions: SSRC → track id cache (str0m reports packets by SSRC).
-    pub ssrc_tracks: HashMap<Ssrc, u64>,
+    /// Publisher sessions: SSRC → (track id, layer) cache (str0m reports packets by SSRC).
+    pub ssrc_tracks: HashMap<Ssrc, (u64, usize)>,
     /// Sending sessions: mid → subscription id.
     pub send_subs: HashMap<Mid, u64>,
     /// WHEP sessions: the client's recvonly m-lines in offer order.
     pub whep_slots: Vec<(Mid, moien_protocol::TrackKind)>,
     /// Set when str0m returned an error or panicked: the session is removed.
     pub failed: bool,
+    /// Sending sessions: the bandwidth estimate toward the client, bit/s.
+    pub bwe_bps: u64,
+    pub last_allocation: Option<Instant>,
+    /// (used, desired) last given to the estimator, to call it only on change.
+    pub bwe_target: Option<(u64, u64)>,
 }
 
 /// Most remote addresses one session keeps in the demux map (ICE restarts and roaming add more).
@@ -162,16 +175,22 @@ impl Session {
             addrs: Vec::new(),
             timeout: None,
             connected: false,
+            connected_at: None,
             disconnected_since: None,
             negotiated_at: None,
             pending_offer: None,
+            offer_sent_at: None,
             needs_offer: false,
+            channel_added: false,
             to_stop: Vec::new(),
             recv_tracks: HashMap::new(),
             ssrc_tracks: HashMap::new(),
             send_subs: HashMap::new(),
             whep_slots: Vec::new(),
             failed: false,
+            bwe_bps: INITIAL_BWE_BPS,
+            last_allocation: None,
+            bwe_target: None,
         }
     }
 }

@@ -17,5 +17,7 @@ pub struct WorkerStats {
     pub keyframe_requests_in: u64,
     pub keyframe_requests_out: u64,
     pub slow_consumers: u64,
+    pub layer_switches: u64,
+    pub dynacast_updates: u64,
     pub send_errors: u64,
 }

@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
             "/whip/{room}/{sid}",
             axum::routing::delete(whip::whip_delete)
                 .patch(whip::patch)
-                .options(whip::options),
+                .options(whip::resource_options),
         )
         .route(
             "/whep/{room}/{identity}",
@@ -65,7 +65,7 @@ pub fn router(state: AppState) -> Router {
             "/whep/{room}/{identity}/{sid}",
             axum::routing::delete(whip::whep_delete)
                 .patch(whip::patch)
-                .options(whip::options),
+                .options(whip::resource_options),
         )
         .route(
             "/{file}",

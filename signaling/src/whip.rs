@@ -45,11 +45,14 @@ impl IntoResponse for Refusal {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 r
             }
-            Refusal::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/sdp",
-            )
-                .into_response(),
+            Refusal::UnsupportedMediaType => {
+                let body = serde_json::json!({
+                    "code": "unsupported_media_type",
+                    "status": 415,
+                    "message": "Content-Type must be application/sdp",
+                });
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response()
+            }
         }
     }
 }
@@ -89,10 +92,11 @@ fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Refusal> {
         .map_err(|_| Refusal::Code(ErrorCode::InvalidSdp, "the SDP is not UTF-8".into()))?;
     match SdpOffer::from_sdp_string(sdp) {
         Ok(_) => Ok(sdp.to_string()),
-        Err(e) => Err(Refusal::Code(
-            ErrorCode::InvalidSdp,
-            format!("malformed SDP: {e}"),
-        )),
+        Err(e) => {
+            // The parser's message names memory offsets: log it, answer plainly.
+            debug!("malformed SDP: {e}");
+            Err(Refusal::Code(ErrorCode::InvalidSdp, "malformed SDP".into()))
+        }
     }
 }
 
@@ -222,16 +226,17 @@ async fn leave(state: &AppState, room: String, sid: String) -> Response {
 pub async fn patch() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE, OPTIONS")],
+        [(header::ALLOW, "DELETE, OPTIONS")],
     )
         .into_response()
 }
 
+/// `OPTIONS` on the endpoint (`/whip/{room}`, `/whep/{room}/{identity}`).
 pub async fn options() -> Response {
     (
         StatusCode::NO_CONTENT,
         [
-            (header::ALLOW, "POST, DELETE, OPTIONS"),
+            (header::ALLOW, "POST, OPTIONS"),
             (
                 header::HeaderName::from_static("accept-post"),
                 "application/sdp",
@@ -239,4 +244,9 @@ pub async fn options() -> Response {
         ],
     )
         .into_response()
+}
+
+/// `OPTIONS` on a session resource.
+pub async fn resource_options() -> Response {
+    (StatusCode::NO_CONTENT, [(header::ALLOW, "DELETE, OPTIONS")]).into_response()
 }

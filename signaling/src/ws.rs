@@ -314,6 +314,18 @@ async fn handle(state: &AppState, me: &ParticipantRef, msg: ClientMessage) -> Re
             Ok(()) => Reply::None,
             Err(e) => Reply::Send(ServerMessage::error(e.code(), e.to_string())),
         },
+        ClientMessage::UpdateSubscription {
+            track_sid,
+            paused,
+            max_layer,
+            pinned,
+        } => match media
+            .update_subscription(me, track_sid, paused, max_layer, pinned)
+            .await
+        {
+            Ok(()) => Reply::None,
+            Err(e) => Reply::Send(ServerMessage::error(e.code(), e.to_string())),
+        },
         ClientMessage::Ping { timestamp } => Reply::Send(ServerMessage::Pong { timestamp }),
         ClientMessage::Leave => Reply::Leave,
     }

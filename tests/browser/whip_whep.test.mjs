@@ -21,8 +21,8 @@ runTest('whip_whep', async ({ baseUrl, newPage, step }) => {
 
   const viewer = await newPage('whep');
   await viewer.goto(`${baseUrl}/whep.html?room=${room}&identity=${PUBLISHER}`);
-  const whep = await pollUntil('WHEP player decodes the WHIP video', () => inboundStats(viewer, 'whep'),
-    (s) => s.ready && s.framesDecoded > 30 && s.audioPackets > 50, { timeoutMs: 20_000 });
+  const whep = await pollUntil('WHEP player decodes the WHIP video and receives its audio',
+    () => inboundStats(viewer, 'whep'), (s) => s.ready && s.framesDecoded > 30 && s.audioPackets > 50, { timeoutMs: 20_000 });
   step(`WHEP: framesDecoded=${whep.framesDecoded} audio packetsReceived=${whep.audioPackets}`);
 
   const carol = await newPage('carol');

@@ -16,9 +16,8 @@ use moien_protocol::{
 };
 use rand::Rng;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
@@ -28,19 +27,26 @@ use crate::api::{
 };
 use crate::config::MediaConfig;
 use crate::demux::{Demux, Route};
-use crate::keyframe::{KeyframeThrottle, is_keyframe_start};
+use crate::keyframe::KeyframeThrottle;
+use crate::layer::SimulcastSelector;
 use crate::rewrite::Rewriter;
 use crate::room::{
-    Participant, ParticipantId, Room, Subscription, SubscriptionId, Track, TrackId,
+    Participant, ParticipantId, Room, Subscription, SubscriptionId, Track, TrackId, TrackLayer,
     participant_info,
 };
 use crate::session::{MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId, SessionRole};
 use crate::stats::WorkerStats;
 
+mod allocation;
+mod forward;
+
+/// Label of the data channel every subscriber session carries.
+pub(crate) const DATA_CHANNEL_LABEL: &str = "moien";
+/// A subscribe offer unanswered this long is abandoned and offered again.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often housekeeping (throttled keyframe requests, timeouts) runs.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
-/// A subscription still waiting for a keyframe after this long asks again.
-const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 
 /// Commands from the node to a worker.
 pub(crate) enum Command {
@@ -85,6 +91,9 @@ pub(crate) struct WorkerCore {
     removals: Vec<(ParticipantId, LeaveReason)>,
     /// Reused per forwarded packet so fan-out allocates nothing.
     scratch: Vec<SubscriptionId>,
+    /// Participants by speaking activity, loudest first.
+    speakers: Vec<ParticipantId>,
+    next_allocation: Option<Instant>,
     next_id: u64,
     next_housekeeping: Option<Instant>,
     pub stats: WorkerStats,
@@ -115,6 +124,8 @@ impl WorkerCore {
             renegotiate: HashSet::new(),
             removals: Vec::new(),
             scratch: Vec::new(),
+            speakers: Vec::new(),
+            next_allocation: None,
             next_id: 1,
             next_housekeeping: None,
             stats: WorkerStats::default(),
@@ -366,7 +377,16 @@ impl WorkerCore {
                 },
             );
         }
-        // Subscribe the newcomer to everything already published.
+        // Subscribe the newcomer to everything already published (the first subscribe offer
+        // goes out even if there is nothing yet: it opens the data channel).
+        if let Some(sub) = self.participants.get(&pid).and_then(|p| p.subscriber)
+            && self
+                .sessions
+                .get(&sub)
+                .is_some_and(|s| s.role == SessionRole::Subscriber)
+        {
+            self.renegotiate.insert(sub);
+        }
         self.subscribe_to_room(now, pid);
         Ok(Joined {
             participant: info,
@@ -425,6 +445,13 @@ impl WorkerCore {
                     if let Some(t) = self.tracks.get_mut(&tid) {
                         t.muted = muted;
                     }
+                    if !muted {
+                        // Subscribers resume on a fresh keyframe.
+                        let subs = self.tracks.get(&tid).map(|t| t.subscriptions.clone());
+                        for sub_id in subs.unwrap_or_default() {
+                            self.request_keyframe_for_sub(now, sub_id);
+                        }
+                    }
                     self.broadcast(
                         &room,
                         pid,
@@ -442,6 +469,35 @@ impl WorkerCore {
                             "no such published track",
                         ),
                     );
+                }
+            }
+            Request::UpdateSubscription {
+                track_sid,
+                paused,
+                max_layer,
+                pinned,
+            } => {
+                let found = self.participants[&pid]
+                    .subscriptions
+                    .iter()
+                    .copied()
+                    .find(|s| {
+                        self.subs
+                            .get(s)
+                            .and_then(|s| self.tracks.get(&s.track))
+                            .is_some_and(|t| t.sid == track_sid)
+                    });
+                match found {
+                    Some(sub_id) => {
+                        self.update_subscription(now, sub_id, paused, max_layer, pinned)
+                    }
+                    None => self.send_to(
+                        pid,
+                        ServerMessage::error(
+                            moien_protocol::ErrorCode::NotFound,
+                            "no subscription to that track",
+                        ),
+                    ),
                 }
             }
             Request::Leave(reason, reply) => {
@@ -472,8 +528,10 @@ impl WorkerCore {
             }
         }
         .ok_or_else(|| SfuError::InvalidState("no session accepts offers".into()))?;
-        let sdp = SdpOffer::from_sdp_string(&offer.sdp)
-            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let sdp = SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| {
+            debug!("malformed offer: {e}");
+            SfuError::InvalidSdp("malformed SDP offer".into())
+        })?;
         let session = self
             .sessions
             .get_mut(&session_id)
@@ -586,6 +644,19 @@ impl WorkerCore {
             let params = session.rtc.codec_config().find(|p| p.pt() == pt)?;
             Some(params.spec().codec)
         });
+        // Simulcast layers in the publisher's rid order (lowest first by convention).
+        let rids: Vec<Option<str0m::media::Rid>> = match session.rtc.media(mid).map(|m| m.rids_rx())
+        {
+            Some(str0m::media::Rids::Specific(r)) if !r.is_empty() => {
+                r.iter().copied().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        let interval = self.config.keyframe_interval;
+        let layers = rids
+            .into_iter()
+            .map(|rid| TrackLayer::new(rid, KeyframeThrottle::new(interval)))
+            .collect();
         let tid = self.next_id;
         self.next_id += 1;
         session.recv_tracks.insert(mid, tid);
@@ -599,7 +670,7 @@ impl WorkerCore {
             muted,
             codec,
             subscriptions: Vec::new(),
-            keyframes: KeyframeThrottle::new(self.config.keyframe_interval),
+            layers,
         };
         let info = track.info();
         self.tracks.insert(tid, track);
@@ -645,9 +716,10 @@ impl WorkerCore {
         let answer = match SdpAnswer::from_sdp_string(sdp) {
             Ok(a) => a,
             Err(e) => {
+                debug!("malformed answer: {e}");
                 // Keep the offer outstanding: the client may still send a valid answer.
                 session.pending_offer = Some(pending);
-                return Err(SfuError::InvalidSdp(e.to_string()));
+                return Err(SfuError::InvalidSdp("malformed SDP answer".into()));
             }
         };
         let r = catch_unwind(AssertUnwindSafe(|| {
@@ -664,8 +736,7 @@ impl WorkerCore {
                         && !sub.negotiated
                     {
                         sub.negotiated = true;
-                        let track = sub.track;
-                        self.request_keyframe_for(now, track);
+                        self.request_keyframe_for_sub(now, sub_id);
                     }
                 }
                 Ok(())
@@ -714,14 +785,14 @@ impl WorkerCore {
     }
 
     /// Creates (or updates) the offer of every subscriber session whose m-lines changed.
-    fn flush_offers(&mut self) {
+    fn flush_offers(&mut self, now: Instant) {
         let ids: Vec<SessionId> = self.renegotiate.drain().collect();
         for session_id in ids {
-            self.offer(session_id);
+            self.offer(now, session_id);
         }
     }
 
-    fn offer(&mut self, session_id: SessionId) {
+    fn offer(&mut self, now: Instant, session_id: SessionId) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -739,6 +810,13 @@ impl WorkerCore {
             return;
         };
         let mut api = session.rtc.sdp_api();
+        // The first offer carries the data channel: it keeps the BUNDLE group non-empty when
+        // every media m-line is stopped (Chrome refuses max-bundle offers without one), and it
+        // connects the session before the first track arrives.
+        let add_channel = !session.channel_added;
+        if add_channel {
+            api.add_channel(DATA_CHANNEL_LABEL.to_string());
+        }
         for mid in session.to_stop.drain(..) {
             api.stop_media(mid);
         }
@@ -779,6 +857,10 @@ impl WorkerCore {
             }
         }
         session.pending_offer = Some(pending);
+        session.offer_sent_at = Some(now);
+        if add_channel {
+            session.channel_added = true;
+        }
         let tracks = self.subscribed_tracks(session_id);
         let sdp = offer.to_sdp_string();
         self.send_to(pid, ServerMessage::SubscribeOffer { sdp, tracks });
@@ -889,10 +971,16 @@ impl WorkerCore {
             mid,
             negotiated: mid.is_some(),
             rewriter: Rewriter::new(rng.gen_range(1..30_000), rng.r#gen()),
-            waiting_keyframe: track.kind == TrackKind::Video,
-            waiting_since: Some(now),
+            selector: SimulcastSelector::default(),
+            keyframe_wait_since: None,
+            last_forward: None,
+            max_layer: None,
+            client_paused: false,
+            pinned: false,
+            told_paused: None,
             pt_map: Vec::new(),
         };
+        let video = track.kind == TrackKind::Video;
         let sub_id = self.next_id;
         self.next_id += 1;
         track.subscriptions.push(sub_id);
@@ -903,8 +991,15 @@ impl WorkerCore {
         if let (Some(mid), Some(s)) = (mid, self.sessions.get_mut(&session_id)) {
             s.send_subs.insert(mid, sub_id);
         }
-        // A newcomer needs a keyframe to start decoding.
-        self.request_keyframe_for(now, tid);
+        if video {
+            // Start on the lowest layer: it starts fastest; allocation upgrades it.
+            if let Some(sub) = self.subs.get_mut(&sub_id) {
+                sub.selector.set_target(Some(0));
+            }
+            // A newcomer needs a keyframe to start decoding.
+            self.request_keyframe_for_sub(now, sub_id);
+        }
+        self.allocate_session(now, session_id);
         Some(sub_id)
     }
 
@@ -979,7 +1074,7 @@ impl WorkerCore {
         }
         if let Some(s) = self.sessions.get_mut(&track.session) {
             s.recv_tracks.remove(&track.mid);
-            s.ssrc_tracks.retain(|_, t| *t != tid);
+            s.ssrc_tracks.retain(|_, (t, _)| *t != tid);
         }
         let _ = now;
         if let Some(p) = self.participants.get_mut(&track.participant) {
@@ -1194,7 +1289,7 @@ impl WorkerCore {
             for (pid, reason) in std::mem::take(&mut self.removals) {
                 self.remove_participant(now, pid, reason);
             }
-            self.flush_offers();
+            self.flush_offers(now);
             if self.events.is_empty() && self.removals.is_empty() {
                 break;
             }
@@ -1210,9 +1305,14 @@ impl WorkerCore {
                     .get(&session_id)
                     .and_then(|s| s.send_subs.get(&req.mid))
                     .and_then(|id| self.subs.get(id));
-                if let Some(track) = sub.map(|s| s.track) {
+                // The subscriber lost its picture: a keyframe of what it receives.
+                let wanted = sub.and_then(|s| {
+                    let layer = s.selector.current().or(s.selector.target())?;
+                    Some((s.track, layer))
+                });
+                if let Some((track, layer)) = wanted {
                     self.stats.keyframe_requests_in += 1;
-                    self.request_keyframe_for(now, track);
+                    self.request_keyframe(now, track, layer);
                 }
             }
             Event::Connected => {
@@ -1220,18 +1320,25 @@ impl WorkerCore {
                     return;
                 };
                 s.connected = true;
+                s.connected_at = Some(now);
                 debug!(session = session_id, "connected");
                 // Subscriptions of a freshly connected session need a keyframe now.
-                let tracks: Vec<TrackId> = s
+                let waiting: Vec<SubscriptionId> = s
                     .send_subs
                     .values()
-                    .filter_map(|id| self.subs.get(id))
-                    .filter(|sub| sub.waiting_keyframe)
-                    .map(|sub| sub.track)
+                    .copied()
+                    .filter(|id| {
+                        self.subs
+                            .get(id)
+                            .is_some_and(|sub| sub.selector.needs_keyframe())
+                    })
                     .collect();
-                for t in tracks {
-                    self.request_keyframe_for(now, t);
+                for sub_id in waiting {
+                    self.request_keyframe_for_sub(now, sub_id);
                 }
+            }
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                self.on_estimate(now, session_id, estimate.as_u64());
             }
             Event::IceConnectionStateChange(state) => {
                 if let Some(s) = self.sessions.get_mut(&session_id) {
@@ -1253,153 +1360,33 @@ impl WorkerCore {
         }
     }
 
-    // ------------------------------------------------------------------ forwarding
-
-    fn forward(&mut self, now: Instant, session_id: SessionId, pkt: RtpPacket) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let ssrc = pkt.header.ssrc;
-        let tid = match session.ssrc_tracks.get(&ssrc) {
-            Some(t) => *t,
-            None => {
-                let mut api = session.rtc.direct_api();
-                let Some(mid) = api.stream_rx(&ssrc).map(|s| s.mid()) else {
-                    return;
-                };
-                let Some(&t) = session.recv_tracks.get(&mid) else {
-                    return;
-                };
-                if session.ssrc_tracks.len() < 16 {
-                    session.ssrc_tracks.insert(ssrc, t);
-                }
-                t
-            }
-        };
-        let pt = pkt.header.payload_type;
-        let Some(params) = session.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
-            self.stats.unknown_pt += 1;
-            return;
-        };
-        let Some(track) = self.tracks.get_mut(&tid) else {
-            return;
-        };
-        self.stats.packets_in += 1;
-        let codec = params.spec().codec;
-        if track.codec != Some(codec) && codec != str0m::format::Codec::Red {
-            track.codec = Some(codec);
-        }
-        let video = track.kind == TrackKind::Video;
-        let keyframe = video && is_keyframe_start(codec, &pkt.payload);
-        if keyframe {
-            track.keyframes.keyframe_seen();
-        }
-        let seq: u64 = *pkt.seq_no;
-        let ext = forwarded_extensions(&pkt.header.ext_vals);
-        let mut targets = std::mem::take(&mut self.scratch);
-        targets.clear();
-        targets.extend_from_slice(&track.subscriptions);
-        for &sub_id in &targets {
-            let Some(sub) = self.subs.get_mut(&sub_id) else {
-                continue;
-            };
-            let (Some(mid), true) = (sub.mid, sub.negotiated) else {
-                continue;
-            };
-            let Some(out) = self.sessions.get_mut(&sub.session) else {
-                continue;
-            };
-            if !out.connected {
-                continue;
-            }
-            if sub.waiting_keyframe {
-                if !keyframe {
-                    continue;
-                }
-                sub.waiting_keyframe = false;
-                sub.waiting_since = None;
-            }
-            let Some(out_pt) = sub.map_pt(&params, out.rtc.codec_config()) else {
-                continue;
-            };
-            let Some((out_seq, out_ts)) = sub.rewriter.rewrite(seq, pkt.header.timestamp) else {
-                continue;
-            };
-            let mut api = out.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
-            let write = RtpWrite::new(
-                out_pt,
-                out_seq.into(),
-                out_ts,
-                pkt.timestamp,
-                pkt.payload.clone(),
-            )
-            .marker(pkt.header.marker)
-            .nackable(video)
-            .ext_vals(ext.clone());
-            let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
-            if r.is_err() {
-                out.failed = true;
-            }
-            self.stats.packets_out += 1;
-            let out_id = sub.session;
-            self.drain(out_id, now);
-        }
-        self.scratch = targets;
-    }
-
-    // ------------------------------------------------------------------ keyframes & timers
-
-    fn request_keyframe_for(&mut self, now: Instant, tid: TrackId) {
-        let Some(track) = self.tracks.get_mut(&tid) else {
-            return;
-        };
-        if track.kind != TrackKind::Video {
-            return;
-        }
-        if track.keyframes.request(now) {
-            let (session_id, mid) = (track.session, track.mid);
-            self.send_pli(now, session_id, mid);
-        }
-    }
-
-    fn send_pli(&mut self, now: Instant, session_id: SessionId, mid: Mid) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let mut api = session.rtc.direct_api();
-        if let Some(rx) = api.stream_rx_by_mid(mid, None) {
-            rx.request_keyframe(KeyframeRequestKind::Pli);
-            self.stats.keyframe_requests_out += 1;
-        }
-        self.drain(session_id, now);
-    }
+    // ------------------------------------------------------------------ timers
 
     fn housekeeping(&mut self, now: Instant) {
-        // Coalesced keyframe requests whose throttle interval has passed.
-        let due: Vec<(SessionId, Mid)> = self
-            .tracks
-            .values_mut()
-            .filter_map(|t| t.keyframes.poll(now).then_some((t.session, t.mid)))
+        for t in self.tracks.values_mut() {
+            allocation::refresh_layer_rates(&mut t.layers, now);
+        }
+        self.keyframe_housekeeping(now);
+        if self.next_allocation.is_none_or(|t| t <= now) {
+            self.next_allocation = Some(now + allocation::ALLOCATION_INTERVAL);
+            self.allocation_housekeeping(now);
+        }
+        // Offers nobody answered: offer again (a client may have dropped one).
+        let stale: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.pending_offer.is_some()
+                    && s.offer_sent_at
+                        .is_some_and(|t| now.saturating_duration_since(t) >= OFFER_TIMEOUT)
+            })
+            .map(|(id, _)| *id)
             .collect();
-        for (sid, mid) in due {
-            self.send_pli(now, sid, mid);
-        }
-        // Subscriptions that waited too long for a keyframe ask again.
-        let mut retry = Vec::new();
-        for sub in self.subs.values_mut() {
-            if let Some(since) = sub.waiting_since
-                && sub.waiting_keyframe
-                && now.saturating_duration_since(since) >= KEYFRAME_RETRY
-            {
-                sub.waiting_since = Some(now);
-                retry.push(sub.track);
+        for id in stale {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.pending_offer = None;
             }
-        }
-        for t in retry {
-            self.request_keyframe_for(now, t);
+            self.reset_unnegotiated(id);
         }
         // Vanished and never-connected participants.
         let limit = self.config.disconnect_grace;
@@ -1431,18 +1418,6 @@ impl WorkerCore {
     }
 }
 
-/// The header extensions a subscriber may use; transport ones (TWCC, mid, rid, abs-send-time)
-/// are the subscriber session's own and str0m writes them.
-fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
-    ExtensionValues {
-        audio_level: e.audio_level,
-        voice_activity: e.voice_activity,
-        video_orientation: e.video_orientation,
-        video_content_type: e.video_content_type,
-        ..Default::default()
-    }
-}
-
 fn track_kind(kind: MediaKind) -> TrackKind {
     match kind {
         MediaKind::Audio => TrackKind::Audio,
@@ -1467,7 +1442,7 @@ fn reply_not_found(request: Request, sid: &str) {
         Request::SubscribeAnswer(_, reply) | Request::Leave(_, reply) => {
             let _ = reply.send(Err(err()));
         }
-        Request::Candidate(..) | Request::Mute { .. } => {}
+        Request::Candidate(..) | Request::Mute { .. } | Request::UpdateSubscription { .. } => {}
     }
 }
 

@@ -1,0 +1,259 @@
+//! Forwarding: a publisher's RTP packet to every subscription of its track, through each
+//! subscription's layer selector and rewriter, and the keyframe requests that keep switches
+//! and newcomers short.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use moien_protocol::TrackKind;
+use str0m::media::KeyframeRequestKind;
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+
+use super::WorkerCore;
+use crate::keyframe::is_keyframe_start;
+use crate::layer::Verdict;
+use crate::room::{SubscriptionId, TrackId};
+use crate::session::SessionId;
+
+/// A subscription still waiting for a keyframe after this long asks again, so a switch never
+/// waits much more than a second.
+pub(super) const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+
+impl WorkerCore {
+    pub(super) fn forward(&mut self, now: Instant, session_id: SessionId, pkt: RtpPacket) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let (tid, layer) = match session.ssrc_tracks.get(&ssrc) {
+            Some(t) => *t,
+            None => {
+                let mut api = session.rtc.direct_api();
+                let Some((mid, rid)) = api.stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
+                    return;
+                };
+                let Some(&t) = session.recv_tracks.get(&mid) else {
+                    return;
+                };
+                let Some(track) = self.tracks.get(&t) else {
+                    return;
+                };
+                let Some(layer) = track
+                    .layers
+                    .iter()
+                    .position(|l| l.rid == rid || track.layers.len() == 1)
+                else {
+                    return;
+                };
+                if session.ssrc_tracks.len() < 16 {
+                    session.ssrc_tracks.insert(ssrc, (t, layer));
+                }
+                (t, layer)
+            }
+        };
+        let pt = pkt.header.payload_type;
+        // A RED packet (RFC 2198) is found through the codec it wraps.
+        let config = session.rtc.codec_config();
+        let found = match config.find(|p| p.pt() == pt) {
+            Some(p) => Some((*p, false)),
+            None => config.find(|p| p.red() == Some(pt)).map(|p| (*p, true)),
+        };
+        let Some((params, red)) = found else {
+            self.stats.unknown_pt += 1;
+            return;
+        };
+        // Only for subscribers without RED: the primary block, computed once.
+        let mut primary: Option<Option<std::sync::Arc<[u8]>>> = None;
+        let Some(track) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        self.stats.packets_in += 1;
+        let codec = params.spec().codec;
+        if track.codec != Some(codec) {
+            track.codec = Some(codec);
+        }
+        let video = track.kind == TrackKind::Video;
+        let keyframe = video && is_keyframe_start(codec, &pkt.payload);
+        let Some(l) = track.layers.get_mut(layer) else {
+            return;
+        };
+        l.meter.add(now, pkt.payload.len() + pkt.header.header_len);
+        l.last_packet = Some(now);
+        if keyframe {
+            l.keyframes.keyframe_seen();
+        }
+        if track.muted {
+            return;
+        }
+        let clock = u64::from(params.spec().clock_rate.get());
+        let seq: u64 = *pkt.seq_no;
+        let ext = forwarded_extensions(&pkt.header.ext_vals);
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
+        targets.extend_from_slice(&track.subscriptions);
+        for &sub_id in &targets {
+            let Some(sub) = self.subs.get_mut(&sub_id) else {
+                continue;
+            };
+            let (Some(mid), true) = (sub.mid, sub.negotiated) else {
+                continue;
+            };
+            let Some(out) = self.sessions.get_mut(&sub.session) else {
+                continue;
+            };
+            if !out.connected {
+                continue;
+            }
+            if video {
+                match sub.selector.on_packet(layer, keyframe) {
+                    Verdict::Drop => continue,
+                    Verdict::Forward { switched } => {
+                        if switched {
+                            sub.keyframe_wait_since = None;
+                            let gap = sub
+                                .last_forward
+                                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                            let ticks = (gap.as_micros() as u64 * clock / 1_000_000) as u32;
+                            sub.rewriter.switch_source(ticks);
+                            self.stats.layer_switches += 1;
+                        }
+                    }
+                }
+            }
+            let Some((out_pt, unwrap_red)) = sub.map_pt(pt, &params, red, out.rtc.codec_config())
+            else {
+                continue;
+            };
+            let payload = if unwrap_red {
+                let p = primary.get_or_insert_with(|| red_primary(&pkt.payload));
+                match p {
+                    Some(p) => p.clone(),
+                    None => continue,
+                }
+            } else {
+                pkt.payload.clone()
+            };
+            let Some((out_seq, out_ts)) = sub.rewriter.rewrite(seq, pkt.header.timestamp) else {
+                continue;
+            };
+            sub.last_forward = Some(now);
+            let mut api = out.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            let write = RtpWrite::new(out_pt, out_seq.into(), out_ts, pkt.timestamp, payload)
+                .marker(pkt.header.marker)
+                .nackable(video)
+                .ext_vals(ext.clone());
+            let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
+            if r.is_err() {
+                out.failed = true;
+            }
+            self.stats.packets_out += 1;
+            let out_id = sub.session;
+            self.drain(out_id, now);
+        }
+        self.scratch = targets;
+    }
+
+    /// A subscription needs a keyframe of the layer it waits for (or receives).
+    pub(super) fn request_keyframe_for_sub(&mut self, now: Instant, sub_id: SubscriptionId) {
+        let Some(sub) = self.subs.get_mut(&sub_id) else {
+            return;
+        };
+        let Some(layer) = sub.selector.target().or(sub.selector.current()) else {
+            return;
+        };
+        if sub.selector.needs_keyframe() {
+            sub.keyframe_wait_since.get_or_insert(now);
+        }
+        let tid = sub.track;
+        self.request_keyframe(now, tid, layer);
+    }
+
+    /// Asks the publisher for a keyframe of one layer, through that layer's throttle.
+    pub(super) fn request_keyframe(&mut self, now: Instant, tid: TrackId, layer: usize) {
+        let Some(track) = self.tracks.get_mut(&tid) else {
+            return;
+        };
+        if track.kind != TrackKind::Video {
+            return;
+        }
+        let Some(l) = track.layers.get_mut(layer) else {
+            return;
+        };
+        if l.keyframes.request(now) {
+            let (session_id, mid, rid) = (track.session, track.mid, l.rid);
+            self.send_pli(now, session_id, mid, rid);
+        }
+    }
+
+    pub(super) fn send_pli(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        mid: str0m::media::Mid,
+        rid: Option<str0m::media::Rid>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut api = session.rtc.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.stats.keyframe_requests_out += 1;
+        }
+        self.drain(session_id, now);
+    }
+
+    /// Throttled requests whose interval passed, and subscriptions waiting too long.
+    pub(super) fn keyframe_housekeeping(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for t in self.tracks.values_mut() {
+            for l in &mut t.layers {
+                if l.keyframes.poll(now) {
+                    due.push((t.session, t.mid, l.rid));
+                }
+            }
+        }
+        for (sid, mid, rid) in due {
+            self.send_pli(now, sid, mid, rid);
+        }
+        let retry: Vec<SubscriptionId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| {
+                s.selector.needs_keyframe()
+                    && s.keyframe_wait_since
+                        .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for sub_id in retry {
+            if let Some(s) = self.subs.get_mut(&sub_id) {
+                s.keyframe_wait_since = Some(now);
+            }
+            self.request_keyframe_for_sub(now, sub_id);
+        }
+    }
+}
+
+/// The primary block of a RED payload. The RED headers are outside any end-to-end encrypted
+/// frame, so this reads no protected bytes.
+fn red_primary(payload: &[u8]) -> Option<std::sync::Arc<[u8]>> {
+    let blocks = str0m::rtp::RedDecoder::decode(payload).ok()?;
+    let primary = blocks.into_iter().find(|b| b.is_primary)?;
+    Some(primary.payload.into())
+}
+
+/// The header extensions a subscriber may use; transport ones (TWCC, mid, rid, abs-send-time)
+/// are the subscriber session's own and str0m writes them.
+fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: e.audio_level,
+        voice_activity: e.voice_activity,
+        video_orientation: e.video_orientation,
+        video_content_type: e.video_content_type,
+        ..Default::default()
+    }
+}
