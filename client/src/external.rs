@@ -65,6 +65,28 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Starts receiving on a running client (one made by `publish_external`): the remote offer
+    /// the caller obtained, with what each m-line carries; returns the answer to deliver. One
+    /// client then both publishes and receives, as one participant does.
+    pub async fn receive_external_offer(
+        &self,
+        offer: String,
+        tracks: Vec<SubscribedTrack>,
+    ) -> Result<String, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = ServerMessage::SubscribeOffer { sdp: offer, tracks };
+        self.commands
+            .send(crate::Command::ExternalOffer(msg, tx))
+            .await
+            .map_err(|_| ClientError::Protocol("the client has stopped".into()))?;
+        rx.await
+            .ok()
+            .flatten()
+            .ok_or_else(|| ClientError::Protocol("the remote offer was not accepted".into()))
+    }
+}
+
 async fn new_driver(
     config: ClientConfig,
 ) -> Result<(Driver, Arc<Mutex<Report>>, watch::Receiver<u64>), ClientError> {

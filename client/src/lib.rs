@@ -6,6 +6,7 @@
 pub mod external;
 pub mod media;
 mod peer;
+pub mod shaper;
 pub mod speech;
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +22,7 @@ use moien_protocol::{
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState};
 use tokio::sync::{mpsc, watch};
@@ -30,6 +31,7 @@ use tracing::debug;
 
 use crate::media::{OPUS_FRAME, OpusSink, OpusTone, VideoShape, Vp8Source, check_vp8};
 use crate::peer::Peer;
+use crate::shaper::Shaper;
 use crate::speech::{SpeechPattern, SpeechSource};
 
 /// How a simulated participant behaves.
@@ -55,6 +57,17 @@ pub struct ClientConfig {
     /// do. Off, packets leave when written, so one-way latency shows only the path after the
     /// sender.
     pub pace_publisher: bool,
+    /// Publish video as three simulcast layers (`q`, `h`, `f`; see
+    /// [`media::simulcast_shapes`]) instead of one stream.
+    pub simulcast: bool,
+    /// A bottleneck on the receive side: what the subscriber connection's downlink carries,
+    /// bit/s (`None`: unlimited).
+    pub downlink_bps: Option<u64>,
+    /// Scramble video payloads past the E2EE clear prefix with this key, and unscramble what is
+    /// received, as end-to-end encrypted clients do (see [`media::e2ee_scramble`]).
+    pub e2ee_key: Option<u64>,
+    /// RFC 6464 level (-dBov, 0 loudest, 127 silence) of the tone's packets.
+    pub tone_level: u8,
 }
 
 /// What a receiver saw of one RTP packet, handed to a [`PacketObserver`].
@@ -108,6 +121,10 @@ impl ClientConfig {
             speech: None,
             on_packet: None,
             pace_publisher: true,
+            simulcast: false,
+            downlink_bps: None,
+            e2ee_key: None,
+            tone_level: 30,
         }
     }
 }
@@ -130,6 +147,18 @@ impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         ClientError::WebSocket(Box::new(e))
     }
+}
+
+/// A received video track moved to another layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerChange {
+    pub at: Instant,
+    pub layer: u8,
+    /// The first frame received on the new layer.
+    pub frame: u32,
+    /// That frame is a keyframe (a decodable switch); known from any of its packets, so the
+    /// loss of its first packet does not hide it.
+    pub keyframe_start: bool,
 }
 
 /// What one received track looked like.
@@ -157,6 +186,16 @@ pub struct TrackReport {
     pub audio_frames_decoded: u64,
     pub audio_decode_errors: u64,
     pub last_packet_at: Option<Instant>,
+    /// Largest forward jump of the sequence number (loss makes small ones; a broken rewrite
+    /// makes huge ones).
+    pub max_seq_jump: u16,
+    /// Packets newer in sequence but older in timestamp than their predecessor.
+    pub ts_backwards: u64,
+    last_ts: Option<u32>,
+    highest_seq: Option<u16>,
+    /// Video: the simulcast layer of the last packet, and every change of layer.
+    pub layer: Option<u8>,
+    pub layer_history: Vec<LayerChange>,
     /// Video: one-way latency samples in microseconds, sender clock to receiver clock (bounded).
     pub latency_us: Vec<u64>,
     /// Video key-frame assembly: frame number and packets seen of the first keyframe.
@@ -177,6 +216,8 @@ pub struct Report {
     pub sent_video: u64,
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
+    /// Simulcast publishers: which layers are being sent (dynacast), lowest first.
+    pub active_layers: Vec<bool>,
     pub publisher_connected: bool,
     pub subscriber_connected: bool,
     pub joined_at: Option<Instant>,
@@ -208,6 +249,13 @@ enum Command {
     /// plane's point of view.
     GoSilent,
     Send(ClientMessage),
+    /// A remote offer for the receiving peer connection, negotiated outside the WebSocket
+    /// protocol (`Client::receive_external_offer`); the answer goes back on the channel.
+    ExternalOffer(ServerMessage, tokio::sync::oneshot::Sender<Option<String>>),
+    /// Changes (or lifts) the downlink bottleneck.
+    Downlink(Option<u64>),
+    /// Changes the tone's audio level.
+    ToneLevel(u8),
 }
 
 /// A connected participant.
@@ -416,6 +464,16 @@ impl Client {
         let _ = self.commands.send(Command::Send(msg)).await;
     }
 
+    /// Changes the receive-side bottleneck (`None` lifts it).
+    pub async fn set_downlink(&self, bps: Option<u64>) {
+        let _ = self.commands.send(Command::Downlink(bps)).await;
+    }
+
+    /// Changes the level (-dBov) the tone's packets announce.
+    pub async fn set_tone_level(&self, level: u8) {
+        let _ = self.commands.send(Command::ToneLevel(level)).await;
+    }
+
     /// Stops sending and answering media without leaving: the server must notice by itself.
     pub async fn go_silent(&self) {
         let _ = self.commands.send(Command::GoSilent).await;
@@ -448,6 +506,22 @@ enum HttpKind {
     Whep(String),
 }
 
+/// The rids of the three simulcast layers, lowest first.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// Longest a datagram waits in the downlink bottleneck before it is dropped.
+const SHAPER_QUEUE: Duration = Duration::from_millis(250);
+
+/// One simulcast layer this client sends.
+struct SimulcastLayerSource {
+    rid: Rid,
+    source: Vp8Source,
+    /// Dynacast: the server wants it.
+    active: bool,
+    seq: u64,
+    ts: u32,
+}
+
 /// A track this client publishes.
 struct Outgoing {
     mid: Mid,
@@ -469,6 +543,9 @@ struct Driver {
     tone: Option<OpusTone>,
     speech: Option<SpeechSource>,
     video: Option<Vp8Source>,
+    /// Simulcast: one source per layer, lowest first.
+    layers: Vec<SimulcastLayerSource>,
+    shaper: Option<Shaper>,
     sinks: HashMap<String, OpusSink>,
     next_audio: Instant,
     next_video: Instant,
@@ -504,9 +581,25 @@ impl Driver {
         } else {
             None
         };
-        let video = config
-            .publish_video
+        let video = (config.publish_video && !config.simulcast)
             .then(|| Vp8Source::new(config.video, rand::random()));
+        let layers = if config.publish_video && config.simulcast {
+            media::simulcast_shapes()
+                .into_iter()
+                .zip(SIMULCAST_RIDS)
+                .enumerate()
+                .map(|(i, (shape, rid))| SimulcastLayerSource {
+                    rid: Rid::from(rid),
+                    source: Vp8Source::new(shape, rand::random()).with_layer(i as u8),
+                    active: true,
+                    seq: u64::from(rand::random::<u16>() % 30_000),
+                    ts: rand::random(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let shaper = config.downlink_bps.map(|b| Shaper::new(b, SHAPER_QUEUE));
         let now = Instant::now();
         Ok(Driver {
             config,
@@ -520,6 +613,8 @@ impl Driver {
             tone,
             speech,
             video,
+            layers,
+            shaper,
             sinks: HashMap::new(),
             next_audio: now,
             next_video: now,
@@ -565,7 +660,7 @@ impl Driver {
         let mut buf_sub = vec![0u8; 2048];
         let result = loop {
             let mut out: Vec<ClientMessage> = Vec::new();
-            let deadline = self.deadline();
+            let deadline = self.next_deadline();
             let publisher_socket = self.publisher.as_ref().map(|p| p.socket.clone());
             let subscriber_socket = self.subscriber.socket.clone();
             tokio::select! {
@@ -604,6 +699,28 @@ impl Driver {
                         }
                     }
                     Some(Command::Send(m)) => out.push(m),
+                    Some(Command::ExternalOffer(offer, reply)) => {
+                        let mut answer = Vec::new();
+                        self.on_server(offer, &mut answer);
+                        let _ = reply.send(answer.into_iter().find_map(|m| match m {
+                            ClientMessage::SubscribeAnswer { sdp } => Some(sdp),
+                            _ => None,
+                        }));
+                    }
+                    Some(Command::Downlink(bps)) => match (bps, self.shaper.as_mut()) {
+                        (None, _) => {
+                            // Flush what the old bottleneck still holds.
+                            if let Some(mut sh) = self.shaper.take() {
+                                let far = Instant::now() + Duration::from_secs(3600);
+                                while let Some((src, data)) = sh.pop(far) {
+                                    self.subscriber.receive(src, &data);
+                                }
+                            }
+                        }
+                        (Some(b), Some(sh)) => sh.set_rate(b),
+                        (Some(b), None) => self.shaper = Some(Shaper::new(b, SHAPER_QUEUE)),
+                    },
+                    Some(Command::ToneLevel(l)) => self.config.tone_level = l,
                 },
                 r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {
                     if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut())
@@ -616,7 +733,10 @@ impl Driver {
                     if let Ok((n, src)) = r
                         && !self.silent
                     {
-                        self.subscriber.receive(src, &buf_sub[..n]);
+                        match self.shaper.as_mut() {
+                            Some(sh) => sh.push(Instant::now(), src, &buf_sub[..n]),
+                            None => self.subscriber.receive(src, &buf_sub[..n]),
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -644,12 +764,21 @@ impl Driver {
                 if self.tone.is_some() || self.speech.is_some() {
                     d = d.min(self.next_audio);
                 }
-                if self.video.is_some() {
+                if self.video.is_some() || !self.layers.is_empty() {
                     d = d.min(self.next_video);
                 }
             }
         }
         d
+    }
+
+    /// The next instant something must happen, including the downlink bottleneck.
+    fn next_deadline(&self) -> Instant {
+        let d = self.deadline();
+        match self.shaper.as_ref().and_then(|s| s.next_release()) {
+            Some(t) => d.min(t),
+            None => d,
+        }
     }
 
     fn publish_offer(&mut self) -> Option<ClientMessage> {
@@ -661,7 +790,14 @@ impl Driver {
             tracks.push((mid, TrackKind::Audio));
         }
         if self.config.publish_video {
-            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let simulcast = self.config.simulcast.then(|| {
+                let mut s = str0m::media::Simulcast::new();
+                for rid in SIMULCAST_RIDS {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                }
+                s
+            });
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
             tracks.push((mid, TrackKind::Video));
         }
         let (offer, pending) = api.apply()?;
@@ -764,6 +900,7 @@ impl Driver {
                 }
             }
             ServerMessage::Leave { reason } => end = Some(format!("removed: {reason:?}")),
+            ServerMessage::PublishLayers { layers, .. } => self.on_publish_layers(layers),
             _ => {}
         }
         self.with_report(|r| {
@@ -776,6 +913,11 @@ impl Driver {
 
     fn on_timeout(&mut self, out: &mut Vec<ClientMessage>) {
         let now = Instant::now();
+        if let Some(sh) = self.shaper.as_mut() {
+            while let Some((src, data)) = sh.pop(now) {
+                self.subscriber.receive(src, &data);
+            }
+        }
         if now >= self.next_ping {
             self.next_ping = now + Duration::from_secs(15);
             out.push(ClientMessage::Ping {
@@ -839,9 +981,10 @@ impl Driver {
             return;
         }
         let h = hash(&packet);
+        let level = self.config.tone_level.min(127);
         let ext = ExtensionValues {
-            audio_level: Some(-30),
-            voice_activity: Some(true),
+            audio_level: Some(-(level as i8)),
+            voice_activity: Some(level < 127),
             ..Default::default()
         };
         let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, packet).ext_vals(ext);
@@ -910,6 +1053,10 @@ impl Driver {
         let Some(pt) = self.outgoing_pt(Codec::Vp8) else {
             return;
         };
+        if !self.layers.is_empty() {
+            self.send_simulcast(now, pt);
+            return;
+        }
         let Some(src) = self.video.as_mut() else {
             return;
         };
@@ -930,7 +1077,11 @@ impl Driver {
         let packets = src.next_frame(media::unix_micros());
         let key = packets.first().is_some_and(|p| p.keyframe);
         let mut hashes = Vec::with_capacity(packets.len());
-        for pkt in packets {
+        let e2ee = self.config.e2ee_key;
+        for mut pkt in packets {
+            if let Some(k) = e2ee {
+                media::e2ee_scramble(&mut pkt.payload, k);
+            }
             hashes.push(hash(&pkt.payload));
             let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, pkt.payload)
                 .marker(pkt.marker)
@@ -950,6 +1101,74 @@ impl Driver {
                 }
             }
         });
+    }
+
+    /// One frame on every active simulcast layer, each on its own RTP stream.
+    fn send_simulcast(&mut self, now: Instant, pt: str0m::media::Pt) {
+        let Some(mid) = self
+            .outgoing
+            .iter()
+            .find(|o| o.kind == TrackKind::Video)
+            .map(|o| o.mid)
+        else {
+            return;
+        };
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        if !p.connected {
+            return;
+        }
+        let e2ee = self.config.e2ee_key;
+        let sent_at = media::unix_micros();
+        let mut hashes = Vec::new();
+        let mut keys = 0;
+        for layer in self.layers.iter_mut().filter(|l| l.active) {
+            let ticks = layer.source.frame_duration_ticks();
+            let packets = layer.source.next_frame(sent_at);
+            if packets.first().is_some_and(|p| p.keyframe) {
+                keys += 1;
+            }
+            for mut pkt in packets {
+                if let Some(k) = e2ee {
+                    media::e2ee_scramble(&mut pkt.payload, k);
+                }
+                hashes.push(hash(&pkt.payload));
+                let write = RtpWrite::new(pt, layer.seq.into(), layer.ts, now, pkt.payload)
+                    .marker(pkt.marker)
+                    .nackable(true);
+                layer.seq += 1;
+                p.write_layer(mid, Some(layer.rid), write);
+            }
+            layer.ts = layer.ts.wrapping_add(ticks);
+        }
+        let verify = self.config.verify;
+        self.with_report(|r| {
+            r.sent_video += 1;
+            r.keyframes_sent += keys;
+            if verify {
+                for h in hashes {
+                    if r.sent_hashes.len() < MAX_HASHES {
+                        r.sent_hashes.insert(h);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Dynacast: the server says which layers anybody receives.
+    fn on_publish_layers(&mut self, layers: &[moien_protocol::PublishLayer]) {
+        for l in layers {
+            if let Some(src) = self.layers.iter_mut().find(|s| s.rid.to_string() == l.rid) {
+                if l.active && !src.active {
+                    // Resume with a keyframe: nobody can decode the layer without one.
+                    src.source.request_keyframe();
+                }
+                src.active = l.active;
+            }
+        }
+        let active: Vec<bool> = self.layers.iter().map(|l| l.active).collect();
+        self.with_report(|r| r.active_layers = active);
     }
 
     /// Drains both peers and handles their events.
@@ -973,9 +1192,14 @@ impl Driver {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 debug!(?role, "ICE disconnected");
             }
-            Event::KeyframeRequest(_) => {
+            Event::KeyframeRequest(req) => {
                 if let Some(v) = self.video.as_mut() {
                     v.request_keyframe();
+                }
+                for l in &mut self.layers {
+                    if req.rid.is_none_or(|r| r == l.rid) {
+                        l.source.request_keyframe();
+                    }
                 }
                 self.with_report(|r| r.keyframe_requests += 1);
             }
@@ -1004,9 +1228,18 @@ impl Driver {
             };
             decoded = sink.map(|s| s.decode(&pkt.payload).is_ok());
         }
-        let check = (verify && info.kind == TrackKind::Video).then(|| check_vp8(&pkt.payload));
+        let check = (verify && info.kind == TrackKind::Video).then(|| match self.config.e2ee_key {
+            Some(k) => {
+                let mut clear = pkt.payload.to_vec();
+                media::e2ee_scramble(&mut clear, k);
+                check_vp8(&clear)
+            }
+            None => check_vp8(&pkt.payload),
+        });
         let h = verify.then(|| hash(&pkt.payload));
-        let seq = pkt.header.sequence_number;
+        // The unwrapped sequence number: for a retransmission the header is the RTX stream's.
+        let seq = *pkt.seq_no as u16;
+        let rtp_ts = pkt.header.timestamp;
         let len = pkt.payload.len() as u64;
         let marker = pkt.header.marker;
         if let Some(obs) = &self.config.on_packet {
@@ -1038,6 +1271,23 @@ impl Driver {
             {
                 t.seq_discontinuities += 1;
             }
+            // Newer than anything before (retransmissions fill in behind the highest).
+            let forward = t.highest_seq.is_none_or(|l| {
+                let d = seq.wrapping_sub(l);
+                d != 0 && d < 0x8000
+            });
+            if forward {
+                if let Some(l) = t.highest_seq {
+                    t.max_seq_jump = t.max_seq_jump.max(seq.wrapping_sub(l));
+                }
+                t.highest_seq = Some(seq);
+                if let Some(lt) = t.last_ts
+                    && (rtp_ts.wrapping_sub(lt) as i32) < 0
+                {
+                    t.ts_backwards += 1;
+                }
+                t.last_ts = Some(rtp_ts);
+            }
             if t.first_seq.is_none() {
                 t.first_seq = Some(seq);
                 t.first_packet_at = Some(now);
@@ -1054,6 +1304,21 @@ impl Driver {
                 && t.payload_hashes.len() < MAX_HASHES
             {
                 t.payload_hashes.push(h);
+            }
+            if let Some(Some(c)) = check {
+                // Only packets newer in sequence move the layer: a retransmission of an old
+                // layer's packet arriving after a switch is not a switch back.
+                if forward && t.layer != Some(c.layer) {
+                    t.layer = Some(c.layer);
+                    if t.layer_history.len() < 1_000 {
+                        t.layer_history.push(LayerChange {
+                            at: now,
+                            layer: c.layer,
+                            frame: c.frame,
+                            keyframe_start: c.keyframe,
+                        });
+                    }
+                }
             }
             match check {
                 Some(None) => t.corrupt_payloads += 1,

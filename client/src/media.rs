@@ -13,8 +13,9 @@ pub const OPUS_FRAME: usize = 960;
 /// VP8's RTP clock.
 pub const VIDEO_CLOCK: u32 = 90_000;
 const BODY_MAGIC: [u8; 4] = *b"MOIN";
-/// Body header: magic, seed, frame number, packet index, packet count, send time.
-const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2 + 8;
+/// Body header: magic, seed, frame number, packet index, packet count, send time, layer,
+/// keyframe flag (so a receiver knows a frame is a keyframe from any of its packets).
+const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2 + 8 + 1 + 1;
 
 /// Shape of the synthetic video stream.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,7 @@ pub struct Vp8Source {
     frame: u32,
     picture_id: u16,
     force_key: bool,
+    layer: u8,
 }
 
 impl Vp8Source {
@@ -64,7 +66,14 @@ impl Vp8Source {
             frame: 0,
             picture_id: (seed & 0x7fff) as u16,
             force_key: true,
+            layer: 0,
         }
+    }
+
+    /// Marks the stream as simulcast layer `layer` (0 = lowest); receivers read it back.
+    pub fn with_layer(mut self, layer: u8) -> Self {
+        self.layer = layer;
+        self
     }
 
     /// The next frame is a keyframe (a PLI or FIR arrived).
@@ -115,6 +124,8 @@ impl Vp8Source {
                 p.extend_from_slice(&idx.to_be_bytes());
                 p.extend_from_slice(&count.to_be_bytes());
                 p.extend_from_slice(&sent_at_us.to_be_bytes());
+                p.push(self.layer);
+                p.push(u8::from(key));
                 let fill = self.shape.packet_size.saturating_sub(p.len());
                 fill_bytes(&mut p, self.seed, frame, idx, fill);
                 VideoPacket {
@@ -157,6 +168,10 @@ pub struct VideoCheck {
     pub keyframe_start: bool,
     /// When the sender wrote it (microseconds since the Unix epoch).
     pub sent_at_us: u64,
+    /// Simulcast layer the sender produced it for (0 without simulcast).
+    pub layer: u8,
+    /// The packet belongs to a keyframe (whichever packet of it this is).
+    pub keyframe: bool,
 }
 
 /// Parses and verifies a synthetic VP8 payload. `None` means the bytes were altered.
@@ -227,8 +242,73 @@ fn parse(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
         count,
         keyframe_start: start && key,
         sent_at_us,
+        layer: body[24],
+        keyframe: body[25] == 1,
     };
     Some((check, seed, body))
+}
+
+/// Simulates end-to-end frame encryption with the convention of LiveKit's and Jitsi's frame
+/// cryptors: on the first packet of a frame the first 10 bytes (keyframe) or 3 bytes (delta
+/// frame) after the RTP payload descriptor stay clear; every other byte is scrambled with a
+/// keystream of `key`. Applying it twice restores the payload. An SFU that needs any scrambled
+/// byte breaks; one that reads only the clear prefix does not.
+pub fn e2ee_scramble(payload: &mut [u8], key: u64) {
+    let Some(first) = payload.first().copied() else {
+        return;
+    };
+    let start = first & 0x10 != 0 && first & 0x07 == 0;
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let Some(&ext) = payload.get(1) else { return };
+        i = 2;
+        if ext & 0x80 != 0 {
+            let Some(&m) = payload.get(2) else { return };
+            i += if m & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            i += 1;
+        }
+        if ext & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    if start {
+        let key_frame = payload.get(i).is_some_and(|t| t & 0x01 == 0);
+        i += if key_frame { 10 } else { 3 };
+    }
+    let mut x = key | 1;
+    for b in payload.iter_mut().skip(i) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *b ^= (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+    }
+}
+
+/// The three layers a simulcast publisher sends, lowest first: about 40 kbit/s, 340 kbit/s
+/// and 860 kbit/s of payload at 30 fps (a 180p / 360p / 720p ladder).
+pub fn simulcast_shapes() -> [VideoShape; 3] {
+    [
+        VideoShape {
+            fps: 30,
+            delta_packets: 1,
+            key_packets: 5,
+            packet_size: 160,
+        },
+        VideoShape {
+            fps: 30,
+            delta_packets: 2,
+            key_packets: 6,
+            packet_size: 700,
+        },
+        VideoShape {
+            fps: 30,
+            delta_packets: 4,
+            key_packets: 12,
+            packet_size: 900,
+        },
+    ]
 }
 
 /// A sine tone encoded with libopus, 20 ms per packet.
@@ -307,6 +387,26 @@ mod tests {
         assert!(check_vp8(&bad).is_none());
         src.request_keyframe();
         assert!(src.next_frame(7)[0].keyframe);
+    }
+
+    #[test]
+    fn e2ee_scrambling_keeps_the_clear_prefix_and_round_trips() {
+        let mut src = Vp8Source::new(VideoShape::default(), 1).with_layer(2);
+        let key = src.next_frame(5);
+        let mut p = key[0].payload.clone();
+        e2ee_scramble(&mut p, 99);
+        // Descriptor (4) + 10 clear bytes survive; the body does not parse any more.
+        assert_eq!(p[..14], key[0].payload[..14]);
+        assert!(check_vp8(&p).is_none());
+        e2ee_scramble(&mut p, 99);
+        let c = check_vp8(&p).unwrap();
+        assert_eq!(c.layer, 2);
+        assert!(c.keyframe_start);
+        let delta = src.next_frame(6);
+        let mut d = delta[0].payload.clone();
+        e2ee_scramble(&mut d, 99);
+        assert_eq!(d[..7], delta[0].payload[..7]);
+        assert_ne!(d[7..], delta[0].payload[7..]);
     }
 
     #[test]

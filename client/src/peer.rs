@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use moien_protocol::PeerRole;
 use str0m::bwe::Bitrate;
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -77,8 +77,13 @@ impl Peer {
 
     /// Writes one RTP packet on `mid`; false when the stream is not ready.
     pub fn write(&mut self, mid: Mid, write: RtpWrite) -> bool {
+        self.write_layer(mid, None, write)
+    }
+
+    /// Writes one RTP packet on `mid`'s simulcast layer `rid`.
+    pub fn write_layer(&mut self, mid: Mid, rid: Option<Rid>, write: RtpWrite) -> bool {
         let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
             return false;
         };
         tx.write_rtp(write);

@@ -15,6 +15,7 @@ pub mod layer;
 pub mod rewrite;
 mod room;
 mod session;
+pub mod speaker;
 pub mod stats;
 mod worker;
 

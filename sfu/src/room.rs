@@ -72,6 +72,8 @@ pub(crate) struct TrackLayer {
     pub last_bps: u64,
     pub keyframes: KeyframeThrottle,
     pub last_packet: Option<Instant>,
+    /// Since when the layer flows without a gap.
+    pub flowing_since: Option<Instant>,
     /// Dynacast: whether the publisher was last told to send it.
     pub active: bool,
     /// Dynacast: since when no subscriber needs it.
@@ -87,6 +89,7 @@ impl TrackLayer {
             last_bps: 0,
             keyframes,
             last_packet: None,
+            flowing_since: None,
             active: true,
             unneeded_since: None,
         }
@@ -124,10 +127,15 @@ pub(crate) struct Subscription {
     pub keyframe_wait_since: Option<Instant>,
     /// When the last packet was forwarded, to keep timestamps moving across a switch.
     pub last_forward: Option<Instant>,
+    pub last_layer: Option<usize>,
     /// The client's wishes.
     pub max_layer: Option<usize>,
     pub client_paused: bool,
     pub pinned: bool,
+    /// Bandwidth pauses: since when, how long until the next resume trial, when the last began.
+    pub bandwidth_paused_since: Option<Instant>,
+    pub resume_backoff: std::time::Duration,
+    pub trial_started: Option<Instant>,
     /// The paused state the client was last told (`subscription_state`).
     pub told_paused: Option<bool>,
     /// Publisher PT → (subscriber PT, unwrap RED), learned on first use.

@@ -158,6 +158,10 @@ pub(crate) struct Session {
     /// Sending sessions: the bandwidth estimate toward the client, bit/s.
     pub bwe_bps: u64,
     pub last_allocation: Option<Instant>,
+    pub last_probe: Option<Instant>,
+    /// What the last allocation used, and until when an upgrade is protected from dips.
+    pub last_used_bps: u64,
+    pub upgrade_hold_until: Option<Instant>,
     /// (used, desired) last given to the estimator, to call it only on change.
     pub bwe_target: Option<(u64, u64)>,
 }
@@ -190,6 +194,9 @@ impl Session {
             failed: false,
             bwe_bps: INITIAL_BWE_BPS,
             last_allocation: None,
+            last_probe: None,
+            last_used_bps: 0,
+            upgrade_hold_until: None,
             bwe_target: None,
         }
     }

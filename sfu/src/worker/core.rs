@@ -974,9 +974,13 @@ impl WorkerCore {
             selector: SimulcastSelector::default(),
             keyframe_wait_since: None,
             last_forward: None,
+            last_layer: None,
             max_layer: None,
             client_paused: false,
             pinned: false,
+            bandwidth_paused_since: None,
+            resume_backoff: allocation::RESUME_BACKOFF_MIN,
+            trial_started: None,
             told_paused: None,
             pt_map: Vec::new(),
         };

@@ -18,14 +18,25 @@ pub(super) const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
 /// A layer nobody needs is switched off at the publisher only after this long, so a brief
 /// dip does not cost a keyframe round trip.
 const DYNACAST_OFF_DELAY: Duration = Duration::from_secs(2);
+/// After an upgrade, estimate dips are ignored this long (the new layer's keyframe burst).
+const UPGRADE_HOLD: Duration = Duration::from_secs(2);
+/// A subscriber held below what it wants probes its link again this often.
+const REPROBE_INTERVAL: Duration = Duration::from_secs(3);
+/// First wait before a bandwidth-paused video tries its base layer again, and the longest.
+pub(crate) const RESUME_BACKOFF_MIN: Duration = Duration::from_secs(4);
+const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(32);
 /// How long after connecting a session's estimate counts as a guess.
-const PROVISIONAL_BWE: Duration = Duration::from_secs(3);
+const PROVISIONAL_BWE: Duration = Duration::from_secs(2);
 /// What an audio track costs when it has not been measured yet.
 const AUDIO_BPS: u64 = 50_000;
 /// What simulcast layers cost before they are measured (typical 180p/360p/720p).
 const NOMINAL_LAYER_BPS: [u64; 3] = [150_000, 500_000, 1_500_000];
 /// A single-layer video track before it is measured.
 const NOMINAL_VIDEO_BPS: u64 = 800_000;
+/// A layer's measured rate is trusted after it has flowed this long (the meter's window).
+const RELIABLE_AFTER: Duration = Duration::from_millis(1_100);
+/// A layer whose last packet is older than this is stopping: its meter is no longer trusted.
+const FRESH_PACKET: Duration = Duration::from_millis(200);
 /// A layer silent for this long is not flowing (the publisher dropped it).
 const LAYER_IDLE: Duration = Duration::from_millis(1_500);
 
@@ -70,7 +81,7 @@ impl WorkerCore {
             .connected_at
             .is_none_or(|t| now.saturating_duration_since(t) < PROVISIONAL_BWE);
         let mut budget = session.bwe_bps;
-        let mut wants = Vec::with_capacity(session.send_subs.len());
+        let mut wants: Vec<Want> = Vec::with_capacity(session.send_subs.len());
         for &sub_id in session.send_subs.values() {
             let Some(sub) = self.subs.get(&sub_id) else {
                 continue;
@@ -95,6 +106,9 @@ impl WorkerCore {
             } else {
                 Priority::Other
             };
+            let trial = sub
+                .bandwidth_paused_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= sub.resume_backoff);
             wants.push(Want {
                 id: sub_id,
                 audio,
@@ -103,15 +117,36 @@ impl WorkerCore {
                 max_layer: sub.max_layer,
                 paused_by_client: sub.client_paused,
                 current: sub.selector.target(),
+                trial,
             });
         }
+        // An upgrade starts with a keyframe, whose burst briefly lowers the estimate: hold the
+        // allocation through that dip unless the link really collapsed.
+        if session.upgrade_hold_until.is_some_and(|t| now < t)
+            && budget >= session.last_used_bps / 2
+        {
+            budget = budget.max(session.last_used_bps);
+        }
         if provisional {
+            // Base layers only, whatever the guess says: a start too high floods a slow link,
+            // and the estimator then takes many seconds to recover.
             let base: u64 = wants.iter().filter_map(|w| w.layers.first()).sum();
             budget = budget.max(base + base / 5);
+            for w in wants.iter_mut() {
+                w.max_layer = Some(0);
+            }
         }
         let result = allocate(budget, &wants);
+        tracing::debug!(
+            session = session_id,
+            budget,
+            provisional,
+            ?result,
+            "allocation"
+        );
         let mut keyframes = Vec::new();
         let mut notices = Vec::new();
+        let mut upgraded = false;
         for (sub_id, grant) in result.grants {
             let Some(sub) = self.subs.get_mut(&sub_id) else {
                 continue;
@@ -127,6 +162,11 @@ impl WorkerCore {
                 Grant::Paused => None,
             };
             if sub.selector.target() != target {
+                upgraded |= match (sub.selector.target(), target) {
+                    (None, Some(_)) => true,
+                    (Some(a), Some(b)) => b > a,
+                    _ => false,
+                };
                 sub.selector.set_target(target);
                 if sub.selector.needs_keyframe() {
                     sub.keyframe_wait_since = Some(now);
@@ -134,6 +174,23 @@ impl WorkerCore {
                 }
             }
             let paused = target.is_none();
+            // Resume trials back off while the link keeps failing them.
+            match (paused && !sub.client_paused, sub.bandwidth_paused_since) {
+                (true, None) => {
+                    sub.bandwidth_paused_since = Some(now);
+                    if sub
+                        .trial_started
+                        .is_some_and(|t| now.saturating_duration_since(t) < RESUME_BACKOFF_MAX)
+                    {
+                        sub.resume_backoff = (sub.resume_backoff * 2).min(RESUME_BACKOFF_MAX);
+                    }
+                }
+                (false, Some(_)) => {
+                    sub.bandwidth_paused_since = None;
+                    sub.trial_started = Some(now);
+                }
+                _ => {}
+            }
             if sub.told_paused != Some(paused) && (paused || sub.told_paused.is_some()) {
                 sub.told_paused = Some(paused);
                 let reason = if sub.client_paused {
@@ -166,14 +223,37 @@ impl WorkerCore {
         for (pid, msg) in notices {
             self.send_to(pid, msg);
         }
-        // Keep traffic up to what is used and probe toward the next upgrade.
+        // Sustain traffic toward the next upgrade and probe toward everything at its best, with
+        // room for the upgrade margin (str0m: `minimum` = next layer, `desired` = preferred).
         if let Some(s) = self.sessions.get_mut(&session_id) {
             s.last_allocation = Some(now);
-            let min = Bitrate::bps(result.used_bps.max(1));
-            let desired = Bitrate::bps(result.desired_bps.max(result.used_bps).max(1));
-            if s.bwe_target != Some((result.used_bps, result.desired_bps)) {
-                s.bwe_target = Some((result.used_bps, result.desired_bps));
-                s.rtc.bwe().set_bitrate(min, desired);
+            s.last_used_bps = result.used_bps;
+            if upgraded {
+                s.upgrade_hold_until = Some(now + UPGRADE_HOLD);
+            }
+            let next = result.next_bps.max(1);
+            let desired = (result.max_bps + result.max_bps / 4).max(next);
+            // Re-arm only on a real change: every raise may start a probe. While the subscriber
+            // wants more than it gets, raise again now and then: a link that recovered is only
+            // found by probing it (str0m probes when `desired` goes up).
+            let changed = s
+                .bwe_target
+                .is_none_or(|(n, d)| n.abs_diff(next) > n / 10 || d.abs_diff(desired) > d / 10);
+            let starved = result.next_bps > result.used_bps;
+            let reprobe = starved
+                && s.last_probe
+                    .is_none_or(|t| now.saturating_duration_since(t) >= REPROBE_INTERVAL);
+            if changed || reprobe {
+                if reprobe && !changed {
+                    s.rtc
+                        .bwe()
+                        .set_bitrate(Bitrate::bps(next), Bitrate::bps(desired.saturating_sub(1)));
+                }
+                s.last_probe = Some(now);
+                s.bwe_target = Some((next, desired));
+                s.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(next), Bitrate::bps(desired));
                 self.drain(session_id, now);
             }
         }
@@ -187,6 +267,13 @@ impl WorkerCore {
                 continue;
             }
             let mut needed = vec![false; track.layers.len()];
+            // The lowest layer stays on while anybody subscribes: resuming a paused subscriber
+            // needs it at once, and its rate is what the allocator must know.
+            if !track.subscriptions.is_empty()
+                && let Some(n) = needed.first_mut()
+            {
+                *n = true;
+            }
             for sub_id in &track.subscriptions {
                 if let Some(sub) = self.subs.get(sub_id) {
                     for l in [sub.selector.target(), sub.selector.current()]
@@ -274,10 +361,8 @@ impl WorkerCore {
 
 /// What one layer costs: measured while it flows, else what it cost last, else a typical rate.
 fn layer_cost(l: &TrackLayer, index: usize, audio: bool, simulcast: bool) -> u64 {
-    let flowing = l.last_packet.is_some();
-    let measured = if flowing { l.meter_bps } else { 0 };
-    if measured > 0 {
-        return measured;
+    if l.meter_bps > 0 {
+        return l.meter_bps;
     }
     if l.last_bps > 0 {
         return l.last_bps;
@@ -294,16 +379,31 @@ fn layer_cost(l: &TrackLayer, index: usize, audio: bool, simulcast: bool) -> u64
     }
 }
 
-/// Refreshes the measured rate of every layer (the meter needs `&mut` and the time).
+/// Refreshes the measured rate of every layer (the meter needs `&mut` and the time). A
+/// reading counts only once the layer has flowed for a whole window: a layer that just started
+/// or stopped would read far below its real cost.
 pub(super) fn refresh_layer_rates(layers: &mut [TrackLayer], now: Instant) {
     for l in layers {
         let bps = l.meter.bps(now);
         let idle = l
             .last_packet
             .is_none_or(|t| now.saturating_duration_since(t) > LAYER_IDLE);
-        l.meter_bps = if idle { 0 } else { bps };
-        if bps > 0 {
+        if idle {
+            l.flowing_since = None;
+            l.meter_bps = 0;
+            continue;
+        }
+        let since = *l.flowing_since.get_or_insert(now);
+        // Trusted: a whole window of flow, and the flow still going (a stopping layer's meter
+        // decays for a second; that tail is not what the layer costs).
+        let fresh = l
+            .last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < FRESH_PACKET);
+        if now.saturating_duration_since(since) >= RELIABLE_AFTER && fresh {
+            l.meter_bps = bps;
             l.last_bps = bps;
+        } else {
+            l.meter_bps = 0;
         }
     }
 }

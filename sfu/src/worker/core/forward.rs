@@ -137,6 +137,11 @@ impl WorkerCore {
                 continue;
             };
             sub.last_forward = Some(now);
+
+            if video && sub.last_layer != Some(layer) {
+                tracing::debug!(sub = sub_id, from = ?sub.last_layer, to = layer, "layer switch");
+                sub.last_layer = Some(layer);
+            }
             let mut api = out.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;

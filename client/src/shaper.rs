@@ -1,0 +1,90 @@
+//! A bottleneck link on the receive side: datagrams leave at a fixed rate through a drop-tail
+//! queue, as they would through a slow access link. The sender's congestion control sees the
+//! queueing delay grow and, when the queue overflows, loss: what a real downlink does.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Per-datagram overhead of IP and UDP headers on the wire.
+const WIRE_OVERHEAD: usize = 28;
+
+pub struct Shaper {
+    rate_bps: u64,
+    /// Longest a datagram may wait; more is dropped (the queue is full).
+    max_delay: Duration,
+    /// When the link is free again.
+    busy_until: Option<Instant>,
+    queue: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    pub dropped: u64,
+}
+
+impl Shaper {
+    pub fn new(rate_bps: u64, max_delay: Duration) -> Self {
+        Shaper {
+            rate_bps: rate_bps.max(1_000),
+            max_delay,
+            busy_until: None,
+            queue: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn set_rate(&mut self, rate_bps: u64) {
+        self.rate_bps = rate_bps.max(1_000);
+    }
+
+    /// A datagram arrived from the network at `now`.
+    pub fn push(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start.saturating_duration_since(now) > self.max_delay {
+            self.dropped += 1;
+            return;
+        }
+        let bits = ((data.len() + WIRE_OVERHEAD) * 8) as u64;
+        let serialize = Duration::from_nanos(bits * 1_000_000_000 / self.rate_bps);
+        let done = start + serialize;
+        self.busy_until = Some(done);
+        self.queue.push_back((done, source, data.to_vec()));
+    }
+
+    /// When the next datagram leaves the link.
+    pub fn next_release(&self) -> Option<Instant> {
+        self.queue.front().map(|(t, _, _)| *t)
+    }
+
+    /// The next datagram that has crossed the link by `now`.
+    pub fn pop(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if self.queue.front().is_some_and(|(t, _, _)| *t <= now) {
+            self.queue.pop_front().map(|(_, s, d)| (s, d))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_at_the_link_rate_and_drops_when_full() {
+        let t0 = Instant::now();
+        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        // 1 Mbit/s; 1,222-byte datagrams take 10 ms each on the wire.
+        let mut s = Shaper::new(1_000_000, Duration::from_millis(100));
+        for _ in 0..20 {
+            s.push(t0, src, &[0u8; 1_222]);
+        }
+        // About 100 ms of queue: 11 fit, the rest were dropped.
+        assert_eq!(s.dropped, 9);
+        assert!(s.pop(t0).is_none());
+        let first = s.next_release().unwrap();
+        assert_eq!(first.duration_since(t0), Duration::from_millis(10));
+        let mut released = 0;
+        while s.pop(t0 + Duration::from_millis(55)).is_some() {
+            released += 1;
+        }
+        assert_eq!(released, 5);
+    }
+}

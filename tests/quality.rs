@@ -1,0 +1,169 @@
+//! Call quality through the SFU: simulcast layers chosen per subscriber downlink, switches on
+//! keyframes with continuous numbering, E2EE-safe switching, dynacast.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use moien_client::{Client, ClientConfig, Report};
+use moien_protocol::TrackKind;
+
+/// These tests load both cores; run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn publisher(node: &moien::Node, room: &str, e2ee: Option<u64>) -> Client {
+    let mut c = ClientConfig::new(ws_url(node), token(room, "pub", true, false));
+    c.simulcast = true;
+    c.e2ee_key = e2ee;
+    Client::connect(c).await.expect("publisher joins")
+}
+
+async fn viewer(
+    node: &moien::Node,
+    room: &str,
+    name: &str,
+    downlink: Option<u64>,
+    e2ee: Option<u64>,
+) -> Client {
+    let mut c = ClientConfig::new(ws_url(node), token(room, name, false, true));
+    c.publish_audio = false;
+    c.publish_video = false;
+    c.downlink_bps = downlink;
+    c.e2ee_key = e2ee;
+    Client::connect(c).await.expect("viewer joins")
+}
+
+fn layer_of(r: &Report, publisher: &str) -> Option<u8> {
+    r.track_of(publisher, TrackKind::Video)
+        .and_then(|t| t.layer)
+}
+
+/// Holds `layer` for the last second of received video.
+fn settled_on(r: &Report, publisher: &str, layer: u8) -> bool {
+    r.track_of(publisher, TrackKind::Video).is_some_and(|t| {
+        t.layer == Some(layer)
+            && t.layer_history
+                .last()
+                .is_some_and(|c| c.at.elapsed() > Duration::from_secs(1))
+            && t.last_packet_at
+                .is_some_and(|l| l.elapsed() < Duration::from_millis(300))
+    })
+}
+
+/// Every layer change started on a keyframe; numbering and time never went backwards.
+fn assert_clean_switches(r: &Report, publisher: &str) {
+    let t = r.track_of(publisher, TrackKind::Video).unwrap();
+    assert!(!t.layer_history.is_empty());
+    for c in &t.layer_history {
+        assert!(
+            c.keyframe_start,
+            "switch to layer {} (frame {}) not on a keyframe; history {:?}",
+            c.layer,
+            c.frame,
+            t.layer_history
+                .iter()
+                .map(|c| (c.layer, c.frame, c.keyframe_start))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(t.corrupt_payloads, 0, "payload bytes changed");
+    assert!(
+        t.max_seq_jump < 200,
+        "sequence jumped by {}",
+        t.max_seq_jump
+    );
+    assert_eq!(t.ts_backwards, 0, "timestamp went backwards");
+}
+
+async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let room = if e2ee.is_some() { "sim-e2ee" } else { "sim" };
+    let p = publisher(&node, room, e2ee).await;
+    let ps = p.participant.sid.clone();
+    let mut fast = viewer(&node, room, "fast", Some(2_000_000), e2ee).await;
+    let mut mid = viewer(&node, room, "mid", Some(600_000), e2ee).await;
+    let mut slow = viewer(&node, room, "slow", Some(150_000), e2ee).await;
+
+    let within = Duration::from_secs(10);
+    fast.wait_until("fast on layer 2", within, |r| layer_of(r, &ps) == Some(2))
+        .await
+        .unwrap();
+    mid.wait_until("mid on layer 1", within, |r| settled_on(r, &ps, 1))
+        .await
+        .unwrap();
+    slow.wait_until("slow on layer 0", within, |r| settled_on(r, &ps, 0))
+        .await
+        .unwrap();
+    // Audio kept flowing to the slowest one.
+    slow.report(|r| {
+        assert!(
+            r.track_of(&ps, TrackKind::Audio)
+                .unwrap()
+                .audio_frames_decoded
+                > 50
+        );
+    });
+
+    // The slow link recovers: up within 15 s.
+    slow.set_downlink(None).await;
+    slow.wait_until("slow goes up", Duration::from_secs(15), |r| {
+        layer_of(r, &ps) == Some(2)
+    })
+    .await
+    .unwrap();
+    for v in [&fast, &mid, &slow] {
+        v.report(|r| assert_clean_switches(r, &ps));
+    }
+    for c in [p, fast, mid, slow] {
+        c.leave().await.unwrap();
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layer_per_subscriber_downlink() {
+    simulcast_follows_downlinks(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_switching_with_end_to_end_encrypted_payloads() {
+    simulcast_follows_downlinks(Some(0x5eed_cafe)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_stops_and_resumes_unused_layers() {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let mut p = publisher(&node, "dyn", None).await;
+    let ps = p.participant.sid.clone();
+    let mut slow = viewer(&node, "dyn", "slow", Some(150_000), None).await;
+    slow.wait_until("slow on layer 0", Duration::from_secs(10), |r| {
+        settled_on(r, &ps, 0)
+    })
+    .await
+    .unwrap();
+    // Nobody needs h or f: the publisher is told to stop them.
+    p.wait_until("h and f paused", Duration::from_secs(10), |r| {
+        r.active_layers == [true, false, false]
+    })
+    .await
+    .unwrap();
+    // The subscriber's link recovers: the publisher is asked for them again.
+    slow.set_downlink(None).await;
+    p.wait_until("layers resumed", Duration::from_secs(15), |r| {
+        r.active_layers.get(2) == Some(&true)
+    })
+    .await
+    .unwrap();
+    slow.wait_until("slow back on layer 2", Duration::from_secs(15), |r| {
+        layer_of(r, &ps) == Some(2)
+    })
+    .await
+    .unwrap();
+    slow.report(|r| assert_clean_switches(r, &ps));
+    p.leave().await.unwrap();
+    slow.leave().await.unwrap();
+    node.shutdown().await;
+}
