@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps deps-run build lint test-rust test-browser bench clean
+.PHONY: run test deps deps-run build lint test-rust test-browser bench bench-turn clean
 
 run: deps-run
 	$(CARGO) build --release --bin moien
@@ -28,6 +28,13 @@ test-browser:
 	$(CARGO) build --bin moien
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/browser && MOIEN_BIN=$(CURDIR)/target/debug/moien node run.mjs
+
+# Benchmarks: figures and their meaning in docs/PERFORMANCE.md.
+bench: deps-run bench-turn
+
+bench-turn:
+	$(CARGO) build --release -p moien-turn --bin turn-bench
+	./target/release/turn-bench --seconds 10 --threads 1
 
 clean:
 	$(CARGO) clean

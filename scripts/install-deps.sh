@@ -6,7 +6,8 @@ set -euo pipefail
 what="${1:-test}"
 packages=(pkg-config cmake libopus-dev)
 if [ "$what" = test ]; then
-  packages+=(chromium nodejs npm)
+  # chromium: browser tests; coturn: turnutils_uclient/turnutils_peer against our TURN server.
+  packages+=(chromium nodejs npm coturn)
 fi
 
 missing=()
@@ -26,6 +27,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Only coturn's client tools are wanted; its daemon would hold port 3478.
+  if printf '%s\n' "${missing[@]}" | grep -qx coturn; then
+    $sudo systemctl disable --now coturn >/dev/null 2>&1 || true
+    $sudo service coturn stop >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use moien_sfu::MediaConfig;
 use moien_signaling::SignalingConfig;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub signaling: SignalingConfig,
     pub media: MediaConfig,
+    pub turn: turn::TurnConfig,
     pub log: LogConfig,
 }
 
@@ -48,6 +49,9 @@ impl Default for LogConfig {
 pub const DEV_SECRET: &str = "moien-dev-secret";
 
 const ENV_PREFIX: &str = "MOIEN_";
+
+/// Environment variables that belong to command-line flags, not to `MOIEN_<SECTION>_<KEY>`.
+const CLI_VARIABLES: &[&str] = &["MOIEN_SECRET", "MOIEN_CONFIG", "MOIEN_TURN_SECRET"];
 
 impl Config {
     /// Defaults, then the file (if any), then `MOIEN_<SECTION>_<KEY>` variables.
@@ -101,7 +105,10 @@ fn apply_env(
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        // Variables of the CLI itself (MOIEN_SECRET, MOIEN_CONFIG, ...) have no section.
+        // Variables of the CLI itself have no section, or stand for a flag.
+        if CLI_VARIABLES.contains(&name.as_str()) {
+            continue;
+        }
         let Some((section, key)) = root
             .keys()
             .find(|s| rest.starts_with(&format!("{s}_")))
@@ -112,12 +119,13 @@ fn apply_env(
         let Some(table) = root.get_mut(&section).and_then(|t| t.as_table_mut()) else {
             continue;
         };
-        let Some(current) = table.get(&key) else {
-            bail!("{name}: [{section}] has no option {key:?} (see docs/CONFIG.md)");
-        };
+        // Options without a default value (none set) are absent from the table; serde's
+        // `deny_unknown_fields` still refuses names that are no option at all.
+        let current = table.get(&key);
+        let is_array = current.is_some_and(|c| c.is_array()) || key.ends_with('s');
         let parsed = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
             Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.clone())),
-            Err(_) if current.is_array() => toml::Value::Array(
+            Err(_) if is_array => toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
@@ -127,7 +135,7 @@ fn apply_env(
             Err(_) => toml::Value::String(raw.clone()),
         };
         // A string option keeps a value that happens to look like a number.
-        let parsed = if current.is_str() && !parsed.is_str() {
+        let parsed = if current.is_none_or(|c| c.is_str()) && !parsed.is_str() && !is_array {
             toml::Value::String(raw)
         } else {
             parsed

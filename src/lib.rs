@@ -1,49 +1,170 @@
-//! The `moien` binary's library half: configuration and the wiring that starts every role in
-//! one process. Tests start a whole node through [`Node::start`] exactly as `moien serve` does.
+//! The `moien` binary's library half: configuration and the wiring that starts the roles in one
+//! process. Tests start a whole node through [`Node::start`] exactly as `moien serve` does.
 
 pub mod config;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use moien_protocol::IceServer;
 use moien_sfu::MediaNode;
-use moien_signaling::Server;
+use moien_signaling::{IceProvider, Server};
 
 pub use config::Config;
 
-/// A running node: signaling and media (and, later, TURN) in one process.
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Signaling, media and TURN.
+    #[default]
+    All,
+    /// The TURN/STUN server alone.
+    Turn,
+}
+
+/// How long the TURN credentials handed to a client stay valid.
+const TURN_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+
+/// A running node.
 pub struct Node {
+    /// Signaling HTTP address (absent with `--role turn`).
     pub http: SocketAddr,
     pub media_addrs: Vec<SocketAddr>,
-    pub media: Arc<MediaNode>,
-    server: Server,
+    pub media: Option<Arc<MediaNode>>,
+    pub turn: Option<turn::TurnHandle>,
+    pub registry: prometheus::Registry,
+    server: Option<Server>,
 }
 
 impl Node {
     /// Starts every role. `config.auth.secret` must be set (the CLI fills in the dev secret).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Self::start_roles(config, Role::All).await
+    }
+
+    pub async fn start_roles(config: Config, role: Role) -> anyhow::Result<Node> {
         anyhow::ensure!(
-            !config.auth.secret.is_empty(),
+            !config.auth.secret.is_empty() || !config.turn.secrets.is_empty(),
             "no API secret: set [auth] secret, MOIEN_SECRET or --secret (or use --dev)"
         );
-        let media = MediaNode::start(config.media.clone()).context("starting media workers")?;
-        let mut signaling = config.signaling.clone();
-        signaling.secret = config.auth.secret.clone();
-        let server = Server::start(signaling, media.clone())
-            .await
-            .with_context(|| format!("binding HTTP {}", config.signaling.listen))?;
+        let registry = prometheus::Registry::new();
+        let media = if role == Role::All {
+            anyhow::ensure!(
+                !config.auth.secret.is_empty(),
+                "no API secret: set [auth] secret, MOIEN_SECRET or --secret (or use --dev)"
+            );
+            Some(MediaNode::start(config.media.clone()).context("starting media workers")?)
+        } else {
+            None
+        };
+        let media_addrs = media.as_ref().map(|m| m.media_addrs()).unwrap_or_default();
+
+        let turn = start_turn(&config, &media_addrs, &registry).await?;
+        let ice = turn
+            .as_ref()
+            .map(|t| ice_provider(&config, &media_addrs, t));
+
+        let (server, http) = match &media {
+            Some(media) => {
+                let mut signaling = config.signaling.clone();
+                signaling.secret = config.auth.secret.clone();
+                let server = Server::start(signaling, media.clone(), ice)
+                    .await
+                    .with_context(|| format!("binding HTTP {}", config.signaling.listen))?;
+                let http = server.local_addr;
+                (Some(server), http)
+            }
+            None => (None, SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
         Ok(Node {
-            http: server.local_addr,
-            media_addrs: media.media_addrs(),
+            http,
+            media_addrs,
             media,
+            turn,
+            registry,
             server,
         })
     }
 
-    /// Stops accepting requests, then lets the media workers wind down.
+    /// Stops accepting requests, then lets the roles wind down.
     pub async fn shutdown(self) {
-        self.server.shutdown().await;
+        if let Some(s) = self.server {
+            s.shutdown().await;
+        }
+        if let Some(t) = self.turn {
+            t.shutdown().await;
+        }
         drop(self.media);
     }
+}
+
+/// TURN with the API secret unless it has its own, allowing relays to our own media sockets.
+async fn start_turn(
+    config: &Config,
+    media_addrs: &[SocketAddr],
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<turn::TurnHandle>> {
+    let mut tc = config.turn.clone();
+    if tc.listen_udp.is_empty() && tc.listen_tcp.is_empty() && tc.listen_tls.is_empty() {
+        return Ok(None);
+    }
+    if tc.secrets.is_empty() {
+        tc.secrets = vec![config.auth.secret.clone()];
+    }
+    // Relayed calls reach the SFU's media sockets (also on loopback or a private network),
+    // and only those of our own ports.
+    let advertised = config.media.advertised_ips();
+    for a in media_addrs {
+        tc.allowed_peer_addrs.push(*a);
+        for ip in &advertised {
+            tc.allowed_peer_addrs.push(SocketAddr::new(*ip, a.port()));
+        }
+    }
+    let metrics = turn::TurnMetrics::new(registry).context("TURN metrics")?;
+    let handle = turn::start(tc, metrics).await.context("starting TURN")?;
+    Ok(Some(handle))
+}
+
+/// Short-lived TURN credentials for each participant, with URLs of the address clients reach.
+fn ice_provider(
+    config: &Config,
+    media_addrs: &[SocketAddr],
+    turn: &turn::TurnHandle,
+) -> IceProvider {
+    let host = config
+        .media
+        .public_ips
+        .first()
+        .copied()
+        .or_else(|| turn.udp_addrs.first().map(|a| a.ip()))
+        .or_else(|| media_addrs.first().map(|a| a.ip()))
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let urls = turn.ice_urls(&host);
+    let secret = config
+        .turn
+        .secrets
+        .first()
+        .cloned()
+        .unwrap_or_else(|| config.auth.secret.clone());
+    Arc::new(move |identity: &str| {
+        // A pseudonymous user id: TURN usernames travel in clear.
+        let user = pseudonym(identity);
+        let c = turn::mint_credentials(&secret, &user, TURN_CREDENTIAL_TTL);
+        vec![IceServer {
+            urls: urls.clone(),
+            username: Some(c.username),
+            credential: Some(c.password),
+        }]
+    })
+}
+
+/// A stable, non-reversible stand-in for an identity in TURN usernames.
+fn pseudonym(identity: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    identity.hash(&mut h);
+    format!("u{:016x}", h.finish())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use moien::{Config, Node, config::DEV_SECRET};
+use moien::{Config, Node, Role, config::DEV_SECRET};
 use moien_signaling::auth;
 
 #[derive(Parser)]
@@ -54,6 +54,15 @@ struct ServeArgs {
     /// Media worker threads (overrides [media] workers); 0 = one per core.
     #[arg(long)]
     workers: Option<usize>,
+    /// Roles to run: `all` (default) or `turn` (the TURN/STUN server alone).
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    role: Role,
+    /// TURN REST-API shared secret (default: the API secret).
+    #[arg(long, env = "MOIEN_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// TEST ONLY: let TURN relay to loopback peers (e.g. turnutils_peer). Refused outside --dev.
+    #[arg(long)]
+    turn_allow_loopback_peers: bool,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +153,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(w) = args.workers {
         config.media.workers = w;
     }
+    if let Some(t) = args.turn_secret {
+        config.turn.secrets = vec![t];
+    }
+    if args.turn_allow_loopback_peers {
+        config.turn.allow_loopback_peers = true;
+    }
+    anyhow::ensure!(
+        !config.turn.allow_loopback_peers || args.dev,
+        "--turn-allow-loopback-peers (allow_loopback_peers) is a test switch: only with --dev"
+    );
     init_logging(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,7 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let dev = config.signaling.dev;
         let secret = config.auth.secret.clone();
-        let node = Node::start(config).await?;
+        let node = Node::start_roles(config, args.role).await?;
         print_banner(&node, dev, &secret);
         shutdown_signal().await;
         println!("moien: shutting down");
@@ -169,10 +188,19 @@ fn print_banner(node: &Node, dev: bool, secret: &str) {
         ""
     };
     println!("moien {}{mode}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "  http     http://{}  call page, /rtc, /whip, /whep",
-        node.http
-    );
+    if node.media.is_some() {
+        println!(
+            "  http     http://{}  call page, /rtc, /whip, /whep",
+            node.http
+        );
+    }
+    if let Some(t) = &node.turn {
+        let mut listeners: Vec<String> = Vec::new();
+        listeners.extend(t.udp_addrs.iter().map(|a| format!("udp {a}")));
+        listeners.extend(t.tcp_addrs.iter().map(|a| format!("tcp {a}")));
+        listeners.extend(t.tls_addrs.iter().map(|a| format!("tls {a}")));
+        println!("  turn     {}", listeners.join(", "));
+    }
     if dev {
         println!("  secret   {secret}  (dev only; --secret or MOIEN_SECRET to change)");
         println!("  token    moien token --room demo --identity alice --publish --subscribe");

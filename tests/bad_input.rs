@@ -287,6 +287,8 @@ async fn random_datagrams_are_dropped_and_calls_continue() {
     // Every garbage datagram was counted as dropped, none reached a session.
     let dropped: u64 = node
         .media
+        .as_ref()
+        .unwrap()
         .snapshots()
         .iter()
         .map(|s| s.stats.datagrams_dropped)

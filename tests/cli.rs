@@ -71,6 +71,9 @@ fn serve_banner(args: &[&str], env: &[(&str, &str)]) -> (Server, Vec<String>) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     cmd.env_remove("MOIEN_SECRET");
+    // Tests run side by side: TURN on free ports.
+    cmd.env("MOIEN_TURN_LISTEN_UDP", "127.0.0.1:0");
+    cmd.env("MOIEN_TURN_LISTEN_TCP", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

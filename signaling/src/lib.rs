@@ -28,17 +28,22 @@ pub use config::SignalingConfig;
 /// Largest HTTP request body (an SDP offer is a few KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Mints the ICE servers (our TURN, with short-lived credentials) for one participant.
+pub type IceProvider = Arc<dyn Fn(&str) -> Vec<IceServer> + Send + Sync>;
+
 /// What every handler sees.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<SignalingConfig>,
     pub media: Arc<MediaNode>,
+    pub ice: Option<IceProvider>,
 }
 
 impl AppState {
-    /// ICE servers for one participant. TURN credentials join here when TURN is configured.
-    pub fn ice_servers(&self, _identity: &str) -> Vec<IceServer> {
-        Vec::new()
+    /// ICE servers for one participant: the bundled TURN server when it runs, never a
+    /// third-party STUN server.
+    pub fn ice_servers(&self, identity: &str) -> Vec<IceServer> {
+        self.ice.as_ref().map(|f| f(identity)).unwrap_or_default()
     }
 }
 
@@ -135,12 +140,17 @@ pub struct Server {
 
 impl Server {
     /// Binds `config.listen` and serves until [`Server::shutdown`].
-    pub async fn start(config: SignalingConfig, media: Arc<MediaNode>) -> std::io::Result<Server> {
+    pub async fn start(
+        config: SignalingConfig,
+        media: Arc<MediaNode>,
+        ice: Option<IceProvider>,
+    ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let state = AppState {
             config: Arc::new(config),
             media,
+            ice,
         };
         let app = router(state);
         let (tx, mut rx) = watch::channel(false);

@@ -100,7 +100,7 @@ fn read_offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Refusal> {
     }
 }
 
-fn created(answer: String, location: String) -> Response {
+fn created(answer: String, location: String, ice: &[moien_protocol::IceServer]) -> Response {
     let mut r = (StatusCode::CREATED, answer).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -109,6 +109,20 @@ fn created(answer: String, location: String) -> Response {
     );
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
+    }
+    // RFC 9725 section 4.6: the ICE servers the client may use, as Link headers.
+    for server in ice {
+        for url in &server.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(u), Some(c)) = (&server.username, &server.credential) {
+                link.push_str(&format!(
+                    "; username=\"{u}\"; credential=\"{c}\"; credential-type=\"password\""
+                ));
+            }
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                h.append(header::LINK, v);
+            }
+        }
     }
     r
 }
@@ -130,6 +144,7 @@ pub async fn whip_post(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    let ice = state.ice_servers(&claims.sub);
     let spec = ParticipantSpec {
         identity: claims.sub,
         name: claims.name,
@@ -145,7 +160,7 @@ pub async fn whip_post(
     match state.media.join(spec, None, Some(offer)).await {
         Ok((me, joined)) => {
             let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
-            created(answer, format!("/whip/{}/{}", room, me.sid))
+            created(answer, format!("/whip/{}/{}", room, me.sid), &ice)
         }
         Err(e) => sfu_error(e),
     }
@@ -179,6 +194,7 @@ pub async fn whep_post(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    let ice = state.ice_servers(&claims.sub);
     let spec = ParticipantSpec {
         identity: claims.sub,
         name: claims.name,
@@ -196,7 +212,11 @@ pub async fn whep_post(
     match state.media.join(spec, None, Some(offer)).await {
         Ok((me, joined)) => {
             let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
-            created(answer, format!("/whep/{}/{}/{}", room, identity, me.sid))
+            created(
+                answer,
+                format!("/whep/{}/{}/{}", room, identity, me.sid),
+                &ice,
+            )
         }
         Err(e) => sfu_error(e),
     }

@@ -261,7 +261,11 @@ async function join(roomName, name, token) {
     setStatus('Joining…');
     const identity = identityFor(name);
     const jwt = token || await devToken(roomName, identity, name);
-    room = await Room.connect(signalingUrl(), jwt, { room: roomName });
+    const relay = new URLSearchParams(location.search).get('relay') === '1';
+    room = await Room.connect(signalingUrl(), jwt, {
+      room: roomName,
+      iceTransportPolicy: relay ? 'relay' : 'all',
+    });
     window.moienRoom = room;
     wire(room);
     for (const p of room.participants.values()) tileFor(p);

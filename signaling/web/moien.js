@@ -227,7 +227,12 @@ export class Room extends EventTarget {
     };
     for (const p of joined.participants ?? []) this.participants.set(p.sid, toParticipant(p));
 
-    const config = { iceServers: toIceServers(joined.ice_servers), bundlePolicy: 'max-bundle' };
+    const config = {
+      iceServers: toIceServers(joined.ice_servers),
+      bundlePolicy: 'max-bundle',
+      // 'relay' forces every connection through the TURN server (strict networks, tests).
+      iceTransportPolicy: options.iceTransportPolicy === 'relay' ? 'relay' : 'all',
+    };
     this.#publisher = new RTCPeerConnection(config);
     this.#subscriber = new RTCPeerConnection(config);
     if (options.trickle) {

@@ -40,7 +40,13 @@ export function randomName(prefix) {
 function startServer() {
   const child = spawn(MOIEN_BIN, ['serve', '--dev', '--http', '127.0.0.1:0', '--media-port', '0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { RUST_LOG: 'info', ...process.env },
+    // TURN on free ports too: another server may hold the default 3478.
+    env: {
+      RUST_LOG: 'info',
+      ...process.env,
+      MOIEN_TURN_LISTEN_UDP: '127.0.0.1:0',
+      MOIEN_TURN_LISTEN_TCP: '127.0.0.1:0',
+    },
   });
   const lines = [];
   let stdout = '';

@@ -22,6 +22,10 @@ pub async fn start_node() -> Node {
     config.signaling.listen = "127.0.0.1:0".parse().unwrap();
     config.media.port = 0;
     config.media.workers = 2;
+    // Tests run side by side: TURN on free ports too.
+    let any = "127.0.0.1:0".parse().unwrap();
+    config.turn.listen_udp = vec![any];
+    config.turn.listen_tcp = vec![any];
     Node::start(config).await.expect("node starts")
 }
 
