@@ -31,6 +31,7 @@ test-browser:
 
 # Benchmarks: figures and their meaning in docs/PERFORMANCE.md.
 bench: deps-run bench-turn
+	loadtest/bench.sh
 
 bench-turn:
 	$(CARGO) build --release -p moien-turn --bin turn-bench

@@ -67,10 +67,18 @@ impl Config {
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             merge(&mut value, file);
         }
-        apply_env(&mut value, env)?;
-        let config: Config = value
-            .try_into()
-            .context("invalid configuration (see docs/CONFIG.md)")?;
+        let unlisted = apply_env(&mut value, env)?;
+        let config: Config = value.try_into().with_context(|| {
+            if unlisted.is_empty() {
+                "invalid configuration (see docs/CONFIG.md)".to_string()
+            } else {
+                // Most likely a misspelt variable: name it.
+                format!(
+                    "invalid configuration (see docs/CONFIG.md); check {}",
+                    unlisted.join(", ")
+                )
+            }
+        })?;
         Ok(config)
     }
 }
@@ -93,12 +101,14 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 
 /// Applies `MOIEN_<SECTION>_<KEY>=value`. The value is read as TOML (numbers, booleans,
 /// arrays) when it parses as such, as a comma-separated list for list options, else as a string.
+/// Returns the variables whose option has no default value (and so could be a typo).
 fn apply_env(
     value: &mut toml::Value,
     env: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
+    let mut unlisted = Vec::new();
     let Some(root) = value.as_table_mut() else {
-        return Ok(());
+        return Ok(unlisted);
     };
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -122,6 +132,9 @@ fn apply_env(
         // Options without a default value (none set) are absent from the table; serde's
         // `deny_unknown_fields` still refuses names that are no option at all.
         let current = table.get(&key);
+        if current.is_none() {
+            unlisted.push(name.clone());
+        }
         let is_array = current.is_some_and(|c| c.is_array()) || key.ends_with('s');
         let parsed = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
             Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.clone())),
@@ -142,7 +155,7 @@ fn apply_env(
         };
         table.insert(key, parsed);
     }
-    Ok(())
+    Ok(unlisted)
 }
 
 #[cfg(test)]

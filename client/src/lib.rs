@@ -68,6 +68,8 @@ pub struct ClientConfig {
     pub e2ee_key: Option<u64>,
     /// RFC 6464 level (-dBov, 0 loudest, 127 silence) of the tone's packets.
     pub tone_level: u8,
+    /// Publish VP9 with this many temporal layers (SVC, L1Tn) instead of VP8.
+    pub vp9_temporal: Option<u8>,
 }
 
 /// What a receiver saw of one RTP packet, handed to a [`PacketObserver`].
@@ -125,6 +127,7 @@ impl ClientConfig {
             downlink_bps: None,
             e2ee_key: None,
             tone_level: 30,
+            vp9_temporal: None,
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct TrackReport {
     pub ts_backwards: u64,
     last_ts: Option<u32>,
     highest_seq: Option<u16>,
+    /// Video: packets received per temporal layer (SVC streams; VP8 counts as layer 0).
+    pub temporal_packets: [u64; 8],
     /// Video: the simulcast layer of the last packet, and every change of layer.
     pub layer: Option<u8>,
     pub layer_history: Vec<LayerChange>,
@@ -216,6 +221,10 @@ pub struct Report {
     pub sent_video: u64,
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
+    /// Data channels that opened (labels), and data messages received (with whether they came
+    /// on the reliable channel).
+    pub data_channels: Vec<String>,
+    pub data_received: Vec<(moien_protocol::DataReceive, bool)>,
     /// Simulcast publishers: which layers are being sent (dynacast), lowest first.
     pub active_layers: Vec<bool>,
     pub publisher_connected: bool,
@@ -256,6 +265,8 @@ enum Command {
     Downlink(Option<u64>),
     /// Changes the tone's audio level.
     ToneLevel(u8),
+    /// Sends a data message (reliable or lossy channel).
+    SendData(moien_protocol::DataSend, bool),
 }
 
 /// A connected participant.
@@ -469,6 +480,11 @@ impl Client {
         let _ = self.commands.send(Command::Downlink(bps)).await;
     }
 
+    /// Sends a data message to the room (`to` empty) or to some participants.
+    pub async fn send_data(&self, msg: moien_protocol::DataSend, reliable: bool) {
+        let _ = self.commands.send(Command::SendData(msg, reliable)).await;
+    }
+
     /// Changes the level (-dBov) the tone's packets announce.
     pub async fn set_tone_level(&self, level: u8) {
         let _ = self.commands.send(Command::ToneLevel(level)).await;
@@ -546,6 +562,8 @@ struct Driver {
     /// Simulcast: one source per layer, lowest first.
     layers: Vec<SimulcastLayerSource>,
     shaper: Option<Shaper>,
+    /// Data channels of the subscriber connection, by label.
+    channels: HashMap<String, str0m::channel::ChannelId>,
     sinks: HashMap<String, OpusSink>,
     next_audio: Instant,
     next_video: Instant,
@@ -581,8 +599,13 @@ impl Driver {
         } else {
             None
         };
-        let video = (config.publish_video && !config.simulcast)
-            .then(|| Vp8Source::new(config.video, rand::random()));
+        let video = (config.publish_video && !config.simulcast).then(|| {
+            let source = Vp8Source::new(config.video, rand::random());
+            match config.vp9_temporal {
+                Some(n) => source.vp9_temporal(n),
+                None => source,
+            }
+        });
         let layers = if config.publish_video && config.simulcast {
             media::simulcast_shapes()
                 .into_iter()
@@ -615,6 +638,7 @@ impl Driver {
             video,
             layers,
             shaper,
+            channels: HashMap::new(),
             sinks: HashMap::new(),
             next_audio: now,
             next_video: now,
@@ -721,6 +745,7 @@ impl Driver {
                         (Some(b), None) => self.shaper = Some(Shaper::new(b, SHAPER_QUEUE)),
                     },
                     Some(Command::ToneLevel(l)) => self.config.tone_level = l,
+                    Some(Command::SendData(msg, reliable)) => self.send_data(&msg, reliable),
                 },
                 r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {
                     if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut())
@@ -1050,7 +1075,12 @@ impl Driver {
     }
 
     fn send_video(&mut self, now: Instant) {
-        let Some(pt) = self.outgoing_pt(Codec::Vp8) else {
+        let codec = if self.config.vp9_temporal.is_some() {
+            Codec::Vp9
+        } else {
+            Codec::Vp8
+        };
+        let Some(pt) = self.outgoing_pt(codec) else {
             return;
         };
         if !self.layers.is_empty() {
@@ -1171,6 +1201,20 @@ impl Driver {
         self.with_report(|r| r.active_layers = active);
     }
 
+    fn send_data(&mut self, msg: &moien_protocol::DataSend, reliable: bool) {
+        let label = if reliable {
+            moien_protocol::DATA_CHANNEL_RELIABLE
+        } else {
+            moien_protocol::DATA_CHANNEL_LOSSY
+        };
+        let (Some(&id), Ok(bytes)) = (self.channels.get(label), serde_json::to_vec(msg)) else {
+            return;
+        };
+        if let Some(mut ch) = self.subscriber.rtc.channel(id) {
+            let _ = ch.write(false, &bytes);
+        }
+    }
+
     /// Drains both peers and handles their events.
     fn pump(&mut self, _out: &mut [ClientMessage]) {
         let mut events = Vec::new();
@@ -1204,6 +1248,23 @@ impl Driver {
                 self.with_report(|r| r.keyframe_requests += 1);
             }
             Event::RtpPacket(pkt) if role == PeerRole::Subscriber => self.on_rtp(pkt),
+            Event::ChannelOpen(id, label) if role == PeerRole::Subscriber => {
+                self.channels.insert(label.clone(), id);
+                self.with_report(|r| r.data_channels.push(label));
+            }
+            Event::ChannelData(cd) if role == PeerRole::Subscriber => {
+                let msg = std::str::from_utf8(&cd.data)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<moien_protocol::DataReceive>(t).ok());
+                let lossy = self.channels.get(moien_protocol::DATA_CHANNEL_LOSSY) == Some(&cd.id);
+                if let Some(m) = msg {
+                    self.with_report(|r| {
+                        if r.data_received.len() < MAX_MESSAGES {
+                            r.data_received.push((m, !lossy));
+                        }
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -1304,6 +1365,9 @@ impl Driver {
                 && t.payload_hashes.len() < MAX_HASHES
             {
                 t.payload_hashes.push(h);
+            }
+            if let Some(Some(c)) = check {
+                t.temporal_packets[usize::from(c.temporal.min(7))] += 1;
             }
             if let Some(Some(c)) = check {
                 // Only packets newer in sequence move the layer: a retransmission of an old

@@ -14,8 +14,9 @@ pub const OPUS_FRAME: usize = 960;
 pub const VIDEO_CLOCK: u32 = 90_000;
 const BODY_MAGIC: [u8; 4] = *b"MOIN";
 /// Body header: magic, seed, frame number, packet index, packet count, send time, layer,
-/// keyframe flag (so a receiver knows a frame is a keyframe from any of its packets).
-const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2 + 8 + 1 + 1;
+/// keyframe flag (so a receiver knows a frame is a keyframe from any of its packets), temporal
+/// layer id.
+const BODY_HEADER: usize = 4 + 4 + 4 + 2 + 2 + 8 + 1 + 1 + 1;
 
 /// Shape of the synthetic video stream.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +57,8 @@ pub struct Vp8Source {
     picture_id: u16,
     force_key: bool,
     layer: u8,
+    /// Write VP9 with this many temporal layers (L1Tn) instead of VP8.
+    vp9_temporal: Option<u8>,
 }
 
 impl Vp8Source {
@@ -67,6 +70,23 @@ impl Vp8Source {
             picture_id: (seed & 0x7fff) as u16,
             force_key: true,
             layer: 0,
+            vp9_temporal: None,
+        }
+    }
+
+    /// Produces VP9 in flexible mode with `layers` temporal layers (L1T2, L1T3), each picture's
+    /// temporal id in its payload descriptor, as an SVC encoder does.
+    pub fn vp9_temporal(mut self, layers: u8) -> Self {
+        self.vp9_temporal = Some(layers.clamp(1, 3));
+        self
+    }
+
+    /// Temporal id of frame number `frame` in the L1T3 (or L1T2) pattern 0, 2, 1, 2.
+    fn temporal_id(&self, frame: u32) -> u8 {
+        match self.vp9_temporal {
+            Some(3) => [0, 2, 1, 2][(frame % 4) as usize],
+            Some(2) => [0, 1][(frame % 2) as usize],
+            _ => 0,
         }
     }
 
@@ -100,15 +120,36 @@ impl Vp8Source {
         self.frame = self.frame.wrapping_add(1);
         let pid = self.picture_id;
         self.picture_id = (self.picture_id + 1) & 0x7fff;
+        let tid = if key { 0 } else { self.temporal_id(frame) };
+        let vp9 = self.vp9_temporal.is_some();
         (0..count)
             .map(|idx| {
                 let mut p = Vec::with_capacity(self.shape.packet_size);
-                // Descriptor: X=1, S on the first packet, PID=0; I=1 with a 15-bit PictureID.
-                p.push(if idx == 0 { 0x90 } else { 0x80 });
-                p.push(0x80);
-                p.push(0x80 | (pid >> 8) as u8);
-                p.push(pid as u8);
-                if idx == 0 {
+                if vp9 {
+                    // I=1, P, L=1, F=1 (flexible), B on the first packet, E on the last.
+                    let mut b0 = 0x80 | 0x20 | 0x10;
+                    if !key {
+                        b0 |= 0x40;
+                    }
+                    if idx == 0 {
+                        b0 |= 0x08;
+                    }
+                    if idx + 1 == count {
+                        b0 |= 0x04;
+                    }
+                    p.push(b0);
+                    p.push(0x80 | (pid >> 8) as u8);
+                    p.push(pid as u8);
+                    // TID, U (switching up is possible after every base-layer picture), SID 0.
+                    p.push((tid << 5) | (u8::from(tid == 0) << 4));
+                } else {
+                    // Descriptor: X=1, S on the first packet, PID=0; I=1 with a 15-bit PictureID.
+                    p.push(if idx == 0 { 0x90 } else { 0x80 });
+                    p.push(0x80);
+                    p.push(0x80 | (pid >> 8) as u8);
+                    p.push(pid as u8);
+                }
+                if idx == 0 && !vp9 {
                     // Frame tag: P bit (0 = key), version 0, show_frame, partition size.
                     let tag: u32 = u32::from(!key) | (1 << 4) | (100 << 5);
                     p.extend_from_slice(&tag.to_le_bytes()[..3]);
@@ -126,6 +167,7 @@ impl Vp8Source {
                 p.extend_from_slice(&sent_at_us.to_be_bytes());
                 p.push(self.layer);
                 p.push(u8::from(key));
+                p.push(tid);
                 let fill = self.shape.packet_size.saturating_sub(p.len());
                 fill_bytes(&mut p, self.seed, frame, idx, fill);
                 VideoPacket {
@@ -172,6 +214,8 @@ pub struct VideoCheck {
     pub layer: u8,
     /// The packet belongs to a keyframe (whichever packet of it this is).
     pub keyframe: bool,
+    /// Temporal layer id (0 unless the stream is VP9 with temporal layers).
+    pub temporal: u8,
 }
 
 /// Parses and verifies a synthetic VP8 payload. `None` means the bytes were altered.
@@ -199,6 +243,11 @@ pub fn parse_vp8(payload: &[u8]) -> Option<VideoCheck> {
 
 fn parse(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
     let b0 = *payload.first()?;
+    // The synthetic VP9 descriptor is always I=1, L=1, F=1: 4 bytes; VP8's first byte never
+    // has bit 0x20 set with 0x10 (X=1 with reserved R set is invalid VP8).
+    if b0 & 0x30 == 0x30 {
+        return parse_vp9_body(payload);
+    }
     let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
     let mut i = 1;
     if b0 & 0x80 != 0 {
@@ -228,6 +277,12 @@ fn parse(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
         }
     }
     let body = payload.get(i..)?;
+    let (check, seed) = parse_body(body, start, key)?;
+    Some((check, seed, body))
+}
+
+/// The synthetic body after the codec's descriptor: `start` and `key` come from the descriptor.
+fn parse_body(body: &[u8], start: bool, key: bool) -> Option<(VideoCheck, u32)> {
     if body.len() < BODY_HEADER || body[..4] != BODY_MAGIC {
         return None;
     }
@@ -244,8 +299,9 @@ fn parse(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
         sent_at_us,
         layer: body[24],
         keyframe: body[25] == 1,
+        temporal: body[26],
     };
-    Some((check, seed, body))
+    Some((check, seed))
 }
 
 /// Simulates end-to-end frame encryption with the convention of LiveKit's and Jitsi's frame
@@ -309,6 +365,13 @@ pub fn simulcast_shapes() -> [VideoShape; 3] {
             packet_size: 900,
         },
     ]
+}
+
+fn parse_vp9_body(payload: &[u8]) -> Option<(VideoCheck, u32, &[u8])> {
+    let b0 = *payload.first()?;
+    let body = payload.get(4..)?;
+    let (check, seed) = parse_body(body, b0 & 0x08 != 0, b0 & 0x40 == 0)?;
+    Some((check, seed, body))
 }
 
 /// A sine tone encoded with libopus, 20 ms per packet.

@@ -144,13 +144,17 @@ pub enum ClientMessage {
     },
     /// How this participant wants one of its subscriptions: paused (a hidden tile needs
     /// nothing), at most some layer (0 = lowest; a small tile needs no full resolution), or
-    /// pinned (more allocation priority). Absent fields keep their value.
+    /// pinned (more allocation priority). `max_layer` is the simulcast layer, or the spatial
+    /// layer of an SVC stream; `max_temporal` caps an SVC stream's temporal layer (frame rate).
+    /// Absent fields keep their value.
     UpdateSubscription {
         track_sid: String,
         #[serde(default)]
         paused: Option<bool>,
         #[serde(default)]
         max_layer: Option<u8>,
+        #[serde(default)]
+        max_temporal: Option<u8>,
         #[serde(default)]
         pinned: Option<bool>,
     },
@@ -217,6 +221,10 @@ pub enum ServerMessage {
         layer: Option<u8>,
         reason: PauseReason,
     },
+    /// Who speaks, loudest first (at most a few updates per second). Empty when nobody does.
+    ActiveSpeakers {
+        speakers: Vec<ActiveSpeaker>,
+    },
     /// Dynacast: which layers of one of your tracks anybody receives. Stop encoding inactive
     /// ones (e.g. `RTCRtpEncodingParameters.active = false`); resume when told.
     PublishLayers {
@@ -241,6 +249,45 @@ pub struct PublishedTrack {
     pub mid: String,
     pub track: TrackInfo,
 }
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveSpeaker {
+    pub participant_sid: String,
+    /// Smoothed loudness from the audio-level header extension, 0 (silence) to 1 (loudest).
+    pub level: f32,
+}
+
+/// A message a participant sends on its data channel (`moien` reliable and ordered,
+/// `moien-lossy` unordered without retransmissions), as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSend {
+    /// Participant sids to deliver to; absent or empty: everyone else in the room.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Application-defined kind (`chat`, `reaction`, `hand`, ...).
+    #[serde(default)]
+    pub topic: String,
+    /// The payload (base64 for binary data).
+    pub data: String,
+}
+
+/// What recipients get on their data channel (same channel as the sender used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataReceive {
+    pub from: String,
+    pub identity: String,
+    #[serde(default)]
+    pub topic: String,
+    pub data: String,
+}
+
+/// Largest data message (JSON text) the server relays.
+pub const MAX_DATA_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Labels of the two data channels of the subscriber connection.
+pub const DATA_CHANNEL_RELIABLE: &str = "moien";
+pub const DATA_CHANNEL_LOSSY: &str = "moien-lossy";
 
 /// One layer of a published track as dynacast sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

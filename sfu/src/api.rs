@@ -82,6 +82,17 @@ impl SfuError {
     }
 }
 
+/// A subscriber's wishes for one subscription; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionPrefs {
+    pub paused: Option<bool>,
+    /// Simulcast layer, or spatial layer of an SVC stream.
+    pub max_layer: Option<u8>,
+    /// Temporal layer of an SVC stream.
+    pub max_temporal: Option<u8>,
+    pub pinned: Option<bool>,
+}
+
 /// Where a participant's [`ServerMessage`]s go. Bounded: a participant that does not keep up is
 /// removed as a slow consumer rather than letting the queue grow.
 pub type EventSender = mpsc::Sender<ServerMessage>;
@@ -101,9 +112,7 @@ pub(crate) enum Request {
     },
     UpdateSubscription {
         track_sid: String,
-        paused: Option<bool>,
-        max_layer: Option<u8>,
-        pinned: Option<bool>,
+        prefs: SubscriptionPrefs,
     },
     Leave(LeaveReason, Reply<()>),
 }

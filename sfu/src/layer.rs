@@ -58,8 +58,8 @@ impl SimulcastSelector {
     }
 }
 
-/// SVC: spatial and temporal layers of one stream, described per packet by the Dependency
-/// Descriptor.
+/// SVC: spatial and temporal layers of one stream, described per packet by the codec's payload
+/// descriptor (VP9) or the Dependency Descriptor.
 #[derive(Debug, Clone, Default)]
 pub struct SvcSelector {
     /// Highest (spatial, temporal) forwarded.
@@ -67,16 +67,16 @@ pub struct SvcSelector {
     target: Option<(u8, u8)>,
 }
 
-/// What the Dependency Descriptor says of one packet.
+/// What the descriptor says of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SvcPacket {
     pub spatial: u8,
     pub temporal: u8,
-    /// First packet of a frame.
+    /// First packet of a picture (its lowest spatial layer frame begins here).
     pub start_of_frame: bool,
-    /// A keyframe (the frame depends on no earlier frame).
+    /// A keyframe (the picture depends on no earlier picture).
     pub keyframe: bool,
-    /// The frame is a switch point for a decode target including this spatial layer.
+    /// A switch point: layers above this one may be added from here on.
     pub switch_point: bool,
 }
 
@@ -85,12 +85,16 @@ impl SvcSelector {
         self.current
     }
 
+    pub fn target(&self) -> Option<(u8, u8)> {
+        self.target
+    }
+
     pub fn set_target(&mut self, target: Option<(u8, u8)>) {
         self.target = target;
         match (self.current, target) {
             (_, None) => self.current = None,
-            // Going down (or sideways in time) needs no decoder help: apply at once.
-            (Some((cs, _)), Some((ts, tt))) if ts <= cs => self.current = Some((ts, tt)),
+            // Dropping layers needs no decoder help: apply at once. Adding waits (on_packet).
+            (Some((cs, ct)), Some((ts, tt))) => self.current = Some((cs.min(ts), ct.min(tt))),
             _ => {}
         }
     }
@@ -116,13 +120,22 @@ impl SvcSelector {
                 self.current = Some((ts, tt));
                 switched = true;
             }
-            Some((cs, _)) if ts > cs => {
-                // Up in space at a keyframe, or at a switch point of the target layer.
-                if p.start_of_frame && (p.keyframe || (p.switch_point && p.spatial == ts)) {
+            Some((cs, ct)) => {
+                // Up in space: at a keyframe, or a switch point of the target spatial layer.
+                if ts > cs
+                    && p.start_of_frame
+                    && (p.keyframe || (p.switch_point && p.spatial == ts))
+                {
                     self.current = Some((ts, tt));
+                } else if tt > ct
+                    && p.start_of_frame
+                    && (p.keyframe || p.temporal == 0 || p.switch_point)
+                {
+                    // Up in time from a base-layer picture (nothing after it refers back past it)
+                    // or a declared switch point.
+                    self.current = Some((cs, tt));
                 }
             }
-            Some((cs, _)) => self.current = Some((cs.min(ts), tt)),
         }
         let Some((cs, ct)) = self.current else {
             return Verdict::Drop;
@@ -204,11 +217,12 @@ mod tests {
         // Down is immediate.
         s.set_target(Some((0, 0)));
         assert_eq!(s.on_packet(pkt(1, 0, false)), Verdict::Drop);
+        assert_eq!(s.on_packet(pkt(0, 1, false)), Verdict::Drop);
         assert_eq!(
             s.on_packet(pkt(0, 0, false)),
             Verdict::Forward { switched: false }
         );
-        // Up waits for a keyframe or a switch point of the new spatial layer.
+        // Up in space waits for a keyframe or a switch point of the new spatial layer.
         s.set_target(Some((2, 2)));
         assert!(s.needs_keyframe());
         assert_eq!(s.on_packet(pkt(2, 0, false)), Verdict::Drop);
@@ -216,5 +230,27 @@ mod tests {
         sp.switch_point = true;
         assert_eq!(s.on_packet(sp), Verdict::Forward { switched: false });
         assert_eq!(s.current(), Some((2, 2)));
+    }
+
+    #[test]
+    fn svc_temporal_up_waits_for_a_base_layer_picture() {
+        let mut s = SvcSelector::default();
+        s.set_target(Some((0, 2)));
+        s.on_packet(pkt(0, 0, true));
+        s.set_target(Some((0, 0)));
+        assert_eq!(s.on_packet(pkt(0, 2, false)), Verdict::Drop);
+        assert_eq!(s.on_packet(pkt(0, 1, false)), Verdict::Drop);
+        s.set_target(Some((0, 2)));
+        // A TL2 picture right after the request still refers to dropped frames.
+        assert_eq!(s.on_packet(pkt(0, 2, false)), Verdict::Drop);
+        assert_eq!(
+            s.on_packet(pkt(0, 0, false)),
+            Verdict::Forward { switched: false }
+        );
+        assert_eq!(
+            s.on_packet(pkt(0, 2, false)),
+            Verdict::Forward { switched: false }
+        );
+        assert_eq!(s.current(), Some((0, 2)));
     }
 }

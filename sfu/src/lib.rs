@@ -10,6 +10,7 @@ pub mod api;
 pub mod bitrate;
 pub mod config;
 mod demux;
+pub mod descriptor;
 pub mod keyframe;
 pub mod layer;
 pub mod rewrite;
@@ -29,7 +30,10 @@ use moien_protocol::{LeaveReason, PeerRole};
 use tokio::sync::oneshot;
 use tracing::info;
 
-pub use api::{Answer, EventSender, Joined, Offer, ParticipantKind, ParticipantSpec, SfuError};
+pub use api::{
+    Answer, EventSender, Joined, Offer, ParticipantKind, ParticipantSpec, SfuError,
+    SubscriptionPrefs,
+};
 pub use config::MediaConfig;
 pub use session::{RtcFactory, SessionRole};
 pub use worker::WorkerSnapshot;
@@ -201,16 +205,9 @@ impl MediaNode {
         &self,
         p: &ParticipantRef,
         track_sid: String,
-        paused: Option<bool>,
-        max_layer: Option<u8>,
-        pinned: Option<bool>,
+        prefs: SubscriptionPrefs,
     ) -> Result<(), SfuError> {
-        let request = Request::UpdateSubscription {
-            track_sid,
-            paused,
-            max_layer,
-            pinned,
-        };
+        let request = Request::UpdateSubscription { track_sid, prefs };
         self.request(p, request).await
     }
 

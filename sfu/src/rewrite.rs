@@ -19,7 +19,13 @@ pub struct Rewriter {
     last_out_ts: u32,
     /// After a source switch: how far the timestamp moves from `last_out_ts`.
     switch_advance: Option<u32>,
+    /// Incoming sequence numbers deliberately not forwarded (SVC layers above the target),
+    /// sorted: later packets close the gap so the subscriber never NACKs them.
+    skipped: std::collections::VecDeque<u64>,
 }
+
+/// How many skipped numbers are remembered; older ones are folded into the offset.
+const MAX_SKIPPED: usize = 2048;
 
 impl Rewriter {
     /// `out_seq_start` must be below 65,536; `out_ts_start` is any value (random is best).
@@ -33,6 +39,30 @@ impl Rewriter {
             highest_out_seq: None,
             last_out_ts: out_ts_start,
             switch_advance: None,
+            skipped: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The packet `in_seq` of the current source is dropped on purpose (an SVC layer the
+    /// subscriber does not get): the numbering closes over it.
+    pub fn skip(&mut self, in_seq: u64) {
+        let Some(delta) = self.seq_delta else {
+            return;
+        };
+        if in_seq < self.first_in_seq {
+            return;
+        }
+        let pos = self.skipped.partition_point(|s| *s < in_seq);
+        if self.skipped.get(pos) == Some(&in_seq) {
+            return;
+        }
+        self.skipped.insert(pos, in_seq);
+        if self.skipped.len() > MAX_SKIPPED
+            && let Some(oldest) = self.skipped.pop_front()
+        {
+            // Fold it into the offset; packets older than it can no longer be placed.
+            self.seq_delta = Some(delta.wrapping_sub(1));
+            self.first_in_seq = oldest + 1;
         }
     }
 
@@ -44,6 +74,7 @@ impl Rewriter {
         if self.highest_out_seq.is_some() {
             self.seq_delta = None;
             self.switch_advance = Some(ts_advance.max(1));
+            self.skipped.clear();
         }
     }
 
@@ -71,7 +102,11 @@ impl Rewriter {
                 d
             }
         };
-        let out_seq = in_seq.wrapping_add(delta);
+        let skipped = self.skipped.partition_point(|s| *s < in_seq);
+        if self.skipped.get(skipped) == Some(&in_seq) {
+            return None;
+        }
+        let out_seq = in_seq.wrapping_add(delta).wrapping_sub(skipped as u64);
         let out_ts = in_ts.wrapping_add(self.ts_delta);
         if self.highest_out_seq.is_none_or(|h| out_seq > h) {
             self.highest_out_seq = Some(out_seq);
@@ -140,6 +175,21 @@ mod tests {
         let mut fresh = Rewriter::new(7, 0);
         fresh.switch_source(500);
         assert_eq!(fresh.rewrite(10, 10), Some((7, 0)));
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap() {
+        let mut r = Rewriter::new(100, 0);
+        assert_eq!(r.rewrite(10, 0).unwrap().0, 100);
+        r.skip(11);
+        r.skip(12);
+        assert_eq!(r.rewrite(13, 0).unwrap().0, 101);
+        // A late retransmission of a skipped packet stays out.
+        assert!(r.rewrite(12, 0).is_none());
+        // A late packet from before the skips keeps its place.
+        r.skip(15);
+        assert_eq!(r.rewrite(14, 0).unwrap().0, 102);
+        assert_eq!(r.rewrite(16, 0).unwrap().0, 103);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use str0m::media::{Mid, Pt, Rid};
 use crate::api::{EventSender, ParticipantKind};
 use crate::bitrate::BitrateMeter;
 use crate::keyframe::KeyframeThrottle;
-use crate::layer::SimulcastSelector;
+use crate::layer::{SimulcastSelector, SvcSelector};
 use crate::rewrite::Rewriter;
 use crate::session::SessionId;
 
@@ -37,6 +37,8 @@ pub(crate) struct Participant {
     pub subscriber: Option<SessionId>,
     pub tracks: Vec<TrackId>,
     pub subscriptions: Vec<SubscriptionId>,
+    /// Rate limit of the data messages it sends.
+    pub data_limiter: crate::worker::core::DataLimiter,
     pub events: Option<EventSender>,
 }
 
@@ -57,6 +59,8 @@ pub(crate) struct Track {
     pub muted: bool,
     /// Codec of the last packet, for the keyframe detector and `TrackInfo.codec`.
     pub codec: Option<Codec>,
+    /// The stream carries SVC layers (a VP9 descriptor with layer indices was seen).
+    pub svc: bool,
     pub subscriptions: Vec<SubscriptionId>,
     /// Simulcast layers, lowest first (the publisher's rid order); one layer without simulcast.
     pub layers: Vec<TrackLayer>,
@@ -121,8 +125,10 @@ pub(crate) struct Subscription {
     /// True once the m-line is negotiated (answer accepted, or WHEP answer sent).
     pub negotiated: bool,
     pub rewriter: Rewriter,
-    /// Which layer flows (video); audio always flows.
+    /// Which layer flows (video); audio always flows. For simulcast and single-stream video it
+    /// decides; for an SVC track it carries the allocation's grant and `svc` decides.
     pub selector: SimulcastSelector,
+    pub svc: Option<SvcSelector>,
     /// Since when the selector waits for a keyframe, for retries.
     pub keyframe_wait_since: Option<Instant>,
     /// When the last packet was forwarded, to keep timestamps moving across a switch.
@@ -130,6 +136,8 @@ pub(crate) struct Subscription {
     pub last_layer: Option<usize>,
     /// The client's wishes.
     pub max_layer: Option<usize>,
+    /// SVC: highest temporal layer the client wants.
+    pub max_temporal: Option<u8>,
     pub client_paused: bool,
     pub pinned: bool,
     /// Bandwidth pauses: since when, how long until the next resume trial, when the last began.
@@ -143,6 +151,25 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// Whether forwarding waits for a keyframe.
+    pub fn needs_keyframe(&self) -> bool {
+        match &self.svc {
+            Some(s) => s.needs_keyframe(),
+            None => self.selector.needs_keyframe(),
+        }
+    }
+
+    /// Applies the allocation's grant (`None`: paused) and the client's caps to the SVC
+    /// selector, if the track is SVC.
+    pub fn apply_svc_target(&mut self) {
+        let grant = self.selector.target();
+        let max_s = self.max_layer.map_or(u8::MAX, |l| l.min(7) as u8);
+        let max_t = self.max_temporal.unwrap_or(u8::MAX);
+        if let Some(svc) = self.svc.as_mut() {
+            svc.set_target(grant.map(|_| (max_s, max_t)));
+        }
+    }
+
     /// The subscriber's payload type for a publisher packet of `pt`, whose codec is `params`
     /// (`red` when `pt` is the RFC 2198 wrapper of that codec). Returns the outgoing PT and
     /// whether the RED wrapper must come off because the subscriber did not negotiate RED.

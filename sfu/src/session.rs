@@ -141,8 +141,9 @@ pub(crate) struct Session {
     pub pending_offer: Option<SdpPendingOffer>,
     pub offer_sent_at: Option<Instant>,
     pub needs_offer: bool,
-    /// Subscriber sessions: the data channel went out in an offer.
+    /// Subscriber sessions: the data channels went out in an offer, and their ids.
     pub channel_added: bool,
+    pub channels: crate::worker::core::Channels,
     /// m-lines whose subscriptions ended and that the next offer stops.
     pub to_stop: Vec<Mid>,
     /// Publisher sessions: mid → track id.
@@ -186,6 +187,7 @@ impl Session {
             offer_sent_at: None,
             needs_offer: false,
             channel_added: false,
+            channels: Default::default(),
             to_stop: Vec::new(),
             recv_tracks: HashMap::new(),
             ssrc_tracks: HashMap::new(),

@@ -19,5 +19,9 @@ pub struct WorkerStats {
     pub slow_consumers: u64,
     pub layer_switches: u64,
     pub dynacast_updates: u64,
+    /// Data messages relayed, dropped for a full recipient channel, refused (limits, grants).
+    pub data_messages: u64,
+    pub data_dropped: u64,
+    pub data_refused: u64,
     pub send_errors: u64,
 }

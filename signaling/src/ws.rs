@@ -318,14 +318,20 @@ async fn handle(state: &AppState, me: &ParticipantRef, msg: ClientMessage) -> Re
             track_sid,
             paused,
             max_layer,
+            max_temporal,
             pinned,
-        } => match media
-            .update_subscription(me, track_sid, paused, max_layer, pinned)
-            .await
-        {
-            Ok(()) => Reply::None,
-            Err(e) => Reply::Send(ServerMessage::error(e.code(), e.to_string())),
-        },
+        } => {
+            let prefs = moien_sfu::SubscriptionPrefs {
+                paused,
+                max_layer,
+                max_temporal,
+                pinned,
+            };
+            match media.update_subscription(me, track_sid, prefs).await {
+                Ok(()) => Reply::None,
+                Err(e) => Reply::Send(ServerMessage::error(e.code(), e.to_string())),
+            }
+        }
         ClientMessage::Ping { timestamp } => Reply::Send(ServerMessage::Pong { timestamp }),
         ClientMessage::Leave => Reply::Leave,
     }

@@ -20,17 +20,41 @@
  *   (`code` is the protocol error code, e.g. `unauthorized`) or a timeout.
  *   `options`: `{ room?, joinTimeout? (ms, 10000), requestTimeout? (ms, 15000),
  *   pingInterval? (ms, 15000), trickle? (bool, false), WebSocket? }`.
- * - `room.publish(mediaStream | MediaStreamTrack | MediaStreamTrack[], { source? }) →
+ * - `room.publish(mediaStream | MediaStreamTrack | MediaStreamTrack[], options?) →
  *   Promise<LocalTrack[]>`: sends the tracks on the publisher peer connection; resolves once the
- *   server answered. `source` overrides the default (`microphone` for audio, `camera` for video).
+ *   server answered. `options` (video options apply to video tracks only):
+ *   - `source`: overrides the default (`microphone` for audio, `camera` for video); with `screen`,
+ *     audio tracks become `screen_audio`;
+ *   - `simulcast` (default true): three encodings, rids `q`, `h`, `f` at 1/4, 1/2 and full
+ *     resolution (about 150 kbps, 500 kbps, 1.5 Mbps), so the server can send each subscriber
+ *     what its downlink carries. Capture 1280×720 or more: browsers drop layers for small input;
+ *   - `codec`: `vp8`, `vp9`, `av1` or `h264`, preferred in the offer (others stay as fallback);
+ *   - `scalabilityMode`: SVC instead of simulcast, e.g. `L1T3` (temporal layers) or `L3T3_KEY`
+ *     (spatial and temporal; VP9 or AV1). Implies `simulcast: false`.
+ * - `room.publishScreen({ audio?, codec? }) → Promise<LocalTrack[]>`: asks the browser for a screen
+ *   (`getDisplayMedia`) and publishes it with source `screen` (one encoding, no simulcast: the
+ *   server gives screen shares the highest priority). When the user stops sharing from the
+ *   browser, the track is unpublished. Stop it yourself with `unpublish()` and `track.stop()`.
  * - `room.unpublish(trackOrSid) → Promise<void>`: stops sending a track (MediaStreamTrack, its
  *   LocalTrack or its server sid). The MediaStreamTrack itself is not stopped.
  * - `room.setMuted(trackOrSid, muted) → void`: mutes/unmutes a published track in place
  *   (`track.enabled`), and tells the others (`track_muted`).
+ * - `room.setSubscription(trackSid, { paused?, maxLayer?, maxTemporal?, pinned? }) → void`: how
+ *   you want one video you receive. `paused: true` for a tile nobody sees (nothing is sent),
+ *   `maxLayer` (0 = lowest simulcast layer, or SVC spatial layer) for a small tile, `maxTemporal`
+ *   (SVC temporal layer: a lower frame rate), `pinned` for more priority when bandwidth is short.
+ *   Options left out keep their previous value.
+ * - `room.sendData(data, { to?, topic?, reliable? }) → boolean`: sends a data message (chat,
+ *   reactions, ...) to everyone else, or to the participants (or sids) in `to`. `data` is a
+ *   string (binary data is sent base64-encoded); at most 16 KiB per message with its envelope and
+ *   20 messages a second (the server refuses more with an `error` event, `too_large` or
+ *   `rate_limited`; the session goes on). `reliable: false` uses the unordered channel without
+ *   retransmissions. Returns false when the channel is not open (yet).
  * - `room.leave() → Promise<void>`: leaves the room and closes both peer connections.
  * - `room.participants`: `Map<sid, RemoteParticipant>` of everyone else in the room.
  * - `room.localParticipant`: `{sid, identity, name, tracks: Map<sid, LocalTrack>}`.
  * - `room.name`, `room.state` (`connected` | `disconnected`), `room.rtt` (ms, from ping/pong).
+ * - `room.activeSpeakers`: the latest `active_speakers` list, loudest first.
  * - `room.publisher` / `room.subscriber`: the two RTCPeerConnections (read-only; for getStats()).
  *
  * ## Events (`room.addEventListener(type, (e) => e.detail)`, all CustomEvents)
@@ -42,10 +66,19 @@
  *   `stream` is a MediaStream holding only that track.
  * - `track_unsubscribed`   `{participant, info, track, stream, mid}`
  * - `track_muted`          `{participant, info, muted}` — a remote publisher (un)muted a track
+ * - `subscription_state`   `{participant, info, paused, layer, reason}` — the server paused or
+ *   resumed a video you receive, or changed its layer: `reason` is `bandwidth` (your downlink does
+ *   not carry it), `client` (you asked) or `muted`; `layer` is null while paused
+ * - `active_speakers`      `{speakers: [{participant, level}]}` — who speaks, loudest first
+ *   (`level` 0..1); `participant` is `room.localParticipant` when it is you; empty: silence
+ * - `data_received`        `{participant, identity, topic, data, reliable}` — a data message
+ * - `publish_layers`       `{track, layers: [{rid, active}]}` — the server asked to stop or resume
+ *   encoding layers of one of your tracks (`track` is the LocalTrack); already applied
  * - `disconnected`         `{reason, code?}` — the session ended (`client_request`,
  *   `connection_lost`, `duplicate_identity`, `server_shutdown`, ...; see PROTOCOL.md)
  * - `error`                `{code, status, message}` — the server refused a request, or a local
- *   negotiation failed (`code` `negotiation_failed`). The session goes on.
+ *   step failed (`code` `negotiation_failed`, or `encoding_failed` when layers could not be
+ *   switched as `publish_layers` asked). The session goes on.
  *
  * Participants present when you join are in `room.participants` as soon as `connect()` resolves
  * (no `participant_joined` for them); their tracks arrive as `track_subscribed` afterwards.
@@ -54,7 +87,7 @@
  * ## Types
  * - `TrackInfo`: `{sid, kind: 'audio'|'video', source, muted, codec}`
  * - `RemoteParticipant`: `{sid, identity, name, tracks: Map<sid, TrackInfo>}`
- * - `LocalTrack`: `{sid, mid, kind, source, muted, track: MediaStreamTrack}`
+ * - `LocalTrack`: `{sid, mid, kind, source, muted, track: MediaStreamTrack, sender: RTCRtpSender}`
  *
  * @module moien
  */
@@ -126,6 +159,74 @@ function toIceServers(list) {
   });
 }
 
+/**
+ * Simulcast layers, lowest first as the server expects them. Bitrates follow the usual
+ * 180p/360p/720p ladder; the server's allocator assumes the same figures before it measures.
+ */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+const CODECS = ['vp8', 'vp9', 'av1', 'h264'];
+
+/** Errors on the WebSocket that a refused data message produces (it carries no request id). */
+const DATA_ERRORS = ['too_large', 'rate_limited'];
+/** How long after a data message such an error is taken to be about it. */
+const DATA_ERROR_WINDOW_MS = 3000;
+
+/** The `sendEncodings` of a video transceiver for the publish options. */
+function videoEncodings({ simulcast = true, scalabilityMode } = {}) {
+  if (scalabilityMode) return [{ scalabilityMode }];
+  if (simulcast) return SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+  return undefined;
+}
+
+/**
+ * Puts `codec` first in the transceiver's preferences; the others stay behind it so that a server
+ * without that codec still finds one it knows.
+ */
+function preferCodec(transceiver, codec) {
+  const mime = `video/${codec}`;
+  // Chromium checks a send-only transceiver's list against what it can send; older browsers
+  // against what they can receive.
+  for (const side of [globalThis.RTCRtpSender, globalThis.RTCRtpReceiver]) {
+    const all = side?.getCapabilities?.('video')?.codecs ?? [];
+    const wanted = all.filter((c) => c.mimeType.toLowerCase() === mime);
+    if (wanted.length === 0) continue;
+    try {
+      transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
+      return;
+    } catch {
+      // try the other capability list
+    }
+  }
+  throw new MoienError('unsupported_codec', `this browser cannot send ${codec}`);
+}
+
+function toText(data) {
+  if (typeof data === 'string') return data;
+  let bytes = null;
+  if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (!bytes) throw new TypeError('sendData() takes a string, an ArrayBuffer or a typed array');
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+/** A small non-negative integer option, or undefined when absent. */
+function layerIndex(name, value) {
+  if (value === undefined) return undefined;
+  if (!Number.isInteger(value) || value < 0 || value > 255) {
+    throw new TypeError(`${name} must be an integer from 0 to 255`);
+  }
+  return value;
+}
+
 function tracksOf(media) {
   if (media instanceof MediaStream) return media.getTracks();
   if (Array.isArray(media)) return media;
@@ -143,6 +244,8 @@ export class Room extends EventTarget {
   state = 'connected';
   /** Round-trip time of the last ping, in ms (null until the first pong). */
   rtt = null;
+  /** The latest `active_speakers` list: `[{participant, level}]`, loudest first. */
+  activeSpeakers = [];
 
   #ws;
   #options;
@@ -167,6 +270,12 @@ export class Room extends EventTarget {
   #released = false;
   /** Reason from the server's `leave`, reported when the close that follows it arrives. */
   #leaveReason = null;
+  /** The server's data channels on the subscriber connection, by reliability. */
+  #channels = { reliable: null, lossy: null };
+  /** When the last data message went out, to tell its refusals from a publish offer's. */
+  #lastDataSent = 0;
+  /** Latest `publish_layers` per track sid; applied once the track's sender is known. */
+  #layerWishes = new Map();
 
   /**
    * Opens a session. Use this instead of the constructor.
@@ -239,6 +348,8 @@ export class Room extends EventTarget {
       this.#trickle(this.#publisher, 'publisher');
       this.#trickle(this.#subscriber, 'subscriber');
     }
+    // The server opens both data channels in its first subscribe_offer.
+    this.#subscriber.addEventListener('datachannel', (e) => this.#adoptChannel(e.channel));
 
     ws.onmessage = (e) => this.#receive(e.data);
     ws.onerror = () => {};
@@ -256,25 +367,36 @@ export class Room extends EventTarget {
   /**
    * Publishes tracks on the publisher peer connection.
    * @param {MediaStream|MediaStreamTrack|MediaStreamTrack[]} media
-   * @param {{source?: string}} [options] `camera`, `microphone`, `screen`, `screen_audio`, `unknown`
+   * @param {object} [options]
+   * @param {string} [options.source] `camera`, `microphone`, `screen`, `screen_audio`, `unknown`
+   * @param {boolean} [options.simulcast=true] video in three layers (`q`, `h`, `f`)
+   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] preferred video codec
+   * @param {string} [options.scalabilityMode] SVC mode, e.g. `L1T3` or `L3T3_KEY` (no simulcast)
    * @returns {Promise<object[]>} the LocalTracks, with their server sids
    */
-  publish(media, { source } = {}) {
+  publish(media, { source, simulcast = true, codec, scalabilityMode } = {}) {
     const tracks = tracksOf(media);
     const stream = media instanceof MediaStream ? media : new MediaStream(tracks);
+    if (codec !== undefined && !CODECS.includes(String(codec).toLowerCase())) {
+      return Promise.reject(new TypeError(`codec must be one of ${CODECS.join(', ')}`));
+    }
     return this.#pubQueue.run(async () => {
       this.#assertConnected();
       const added = [];
-      for (const track of tracks) {
-        if (this.#localByTrack.has(track)) continue; // already published
-        const transceiver = this.#publisher.addTransceiver(track, {
-          direction: 'sendonly', streams: [stream],
-        });
-        const local = {
-          sid: '', mid: null, kind: track.kind, muted: !track.enabled, track,
-          source: source ?? (track.kind === 'audio' ? 'microphone' : 'camera'),
-        };
-        added.push({ local, transceiver });
+      try {
+        for (const track of tracks) {
+          if (this.#localByTrack.has(track)) continue; // already published
+          const video = track.kind === 'video';
+          const init = { direction: 'sendonly', streams: [stream] };
+          const sendEncodings = video ? videoEncodings({ simulcast, scalabilityMode }) : undefined;
+          if (sendEncodings) init.sendEncodings = sendEncodings;
+          const transceiver = this.#publisher.addTransceiver(track, init);
+          added.push({ local: this.#newLocal(track, source, transceiver), transceiver });
+          if (video && codec) preferCodec(transceiver, codec.toLowerCase());
+        }
+      } catch (err) {
+        this.#dropAdded(added);
+        throw err;
       }
       if (added.length === 0) return [];
       for (const a of added) this.#localByTrack.set(a.local.track, { ...a });
@@ -282,14 +404,60 @@ export class Room extends EventTarget {
         await this.#negotiatePublisher();
       } catch (err) {
         // Drop what this call added so a later publish does not carry a half-announced track.
-        for (const a of added) {
-          this.#localByTrack.delete(a.local.track);
-          try { a.transceiver.stop(); } catch { /* pc closed */ }
-        }
+        for (const a of added) this.#localByTrack.delete(a.local.track);
+        this.#dropAdded(added);
         throw err;
       }
       return added.map((a) => a.local);
     });
+  }
+
+  /**
+   * Shares a screen: asks the browser for one and publishes it with source `screen`, in one
+   * encoding (screen text needs full resolution more than layers).
+   * @param {object} [options]
+   * @param {boolean} [options.audio=false] also share the tab's or system's sound
+   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] preferred video codec
+   * @returns {Promise<object[]>} the LocalTracks
+   */
+  async publishScreen({ audio = false, codec } = {}) {
+    this.#assertConnected();
+    const media = await navigator.mediaDevices.getDisplayMedia({
+      video: { frameRate: { ideal: 15, max: 30 } }, audio,
+    });
+    // Keep text sharp: under pressure, drop frames rather than resolution.
+    for (const t of media.getVideoTracks()) t.contentHint = 'detail';
+    let locals;
+    try {
+      locals = await this.publish(media, { source: 'screen', simulcast: false, codec });
+    } catch (err) {
+      for (const t of media.getTracks()) t.stop();
+      throw err;
+    }
+    // The browser's own "Stop sharing" ends the track without telling us otherwise.
+    for (const local of locals) {
+      local.track.addEventListener('ended', () => {
+        if (this.state === 'connected' && this.#localByTrack.has(local.track)) {
+          this.unpublish(local.track).catch(() => {});
+        }
+      }, { once: true });
+    }
+    return locals;
+  }
+
+  #newLocal(track, source, transceiver) {
+    let kindSource = source ?? (track.kind === 'audio' ? 'microphone' : 'camera');
+    if (source === 'screen' && track.kind === 'audio') kindSource = 'screen_audio';
+    return {
+      sid: '', mid: null, kind: track.kind, muted: !track.enabled, track, source: kindSource,
+      sender: transceiver.sender,
+    };
+  }
+
+  #dropAdded(added) {
+    for (const a of added) {
+      try { a.transceiver.stop(); } catch { /* pc closed */ }
+    }
   }
 
   /**
@@ -303,6 +471,7 @@ export class Room extends EventTarget {
       if (!entry) throw new MoienError('not_found', 'this track is not published');
       this.#localByTrack.delete(entry.local.track);
       this.localParticipant.tracks.delete(entry.local.sid);
+      this.#layerWishes.delete(entry.local.sid);
       entry.transceiver.stop();
       await this.#negotiatePublisher();
     });
@@ -322,6 +491,55 @@ export class Room extends EventTarget {
     entry.local.muted = !!muted;
     // Before the answer the sid is unknown; the next publish_offer carries the muted flag instead.
     if (entry.local.sid) this.#send({ type: 'mute', track_sid: entry.local.sid, muted: !!muted });
+  }
+
+  /**
+   * Tells the server how you want one track you receive. Options left out keep their value.
+   * @param {string|object} trackSid the track's sid, or its TrackInfo
+   * @param {object} prefs
+   * @param {boolean} [prefs.paused] true: send nothing (a hidden tile)
+   * @param {number} [prefs.maxLayer] highest simulcast layer or SVC spatial layer (0 = lowest)
+   * @param {number} [prefs.maxTemporal] highest SVC temporal layer (0 = lowest frame rate)
+   * @param {boolean} [prefs.pinned] more priority when bandwidth is short
+   */
+  setSubscription(trackSid, { paused, maxLayer, maxTemporal, pinned } = {}) {
+    this.#assertConnected();
+    const sid = typeof trackSid === 'string' ? trackSid : trackSid?.sid;
+    if (!sid) throw new TypeError('setSubscription() needs a track sid');
+    const msg = { type: 'update_subscription', track_sid: sid };
+    if (paused !== undefined) msg.paused = !!paused;
+    if (pinned !== undefined) msg.pinned = !!pinned;
+    const layer = layerIndex('maxLayer', maxLayer);
+    if (layer !== undefined) msg.max_layer = layer;
+    const temporal = layerIndex('maxTemporal', maxTemporal);
+    if (temporal !== undefined) msg.max_temporal = temporal;
+    this.#send(msg);
+  }
+
+  /**
+   * Sends a data message through the server.
+   * @param {string|ArrayBuffer|ArrayBufferView} data a string, or bytes (sent base64-encoded)
+   * @param {object} [options]
+   * @param {Array<string|object>|string} [options.to] participants or sids; default: everyone else
+   * @param {string} [options.topic] what kind of message it is (`chat`, `reaction`, ...)
+   * @param {boolean} [options.reliable=true] false: unordered, no retransmission
+   * @returns {boolean} false when the channel is not open
+   */
+  sendData(data, { to, topic = '', reliable = true } = {}) {
+    const channel = reliable ? this.#channels.reliable : this.#channels.lossy;
+    if (this.state !== 'connected' || channel?.readyState !== 'open') return false;
+    const envelope = { topic: String(topic), data: toText(data) };
+    const recipients = (Array.isArray(to) ? to : to == null ? [] : [to])
+      .map((p) => (typeof p === 'string' ? p : p?.sid))
+      .filter(Boolean);
+    if (recipients.length) envelope.to = recipients;
+    try {
+      channel.send(JSON.stringify(envelope));
+    } catch {
+      return false; // closing, or over what the transport takes at all
+    }
+    this.#lastDataSent = Date.now();
+    return true;
   }
 
   /** Leaves the room: tells the server, closes the socket and both peer connections. */
@@ -359,6 +577,9 @@ export class Room extends EventTarget {
       case 'track_published': return this.#onTrackPublished(msg);
       case 'track_unpublished': return this.#onTrackUnpublished(msg);
       case 'track_muted': return this.#onTrackMuted(msg);
+      case 'subscription_state': return this.#onSubscriptionState(msg);
+      case 'active_speakers': return this.#onActiveSpeakers(msg);
+      case 'publish_layers': return this.#onPublishLayers(msg);
       case 'pong':
         if (typeof msg.timestamp === 'number') this.rtt = Date.now() - msg.timestamp;
         return;
@@ -377,9 +598,12 @@ export class Room extends EventTarget {
   #onError(msg) {
     const err = new MoienError(msg.code, msg.message, msg.status);
     // Errors carry no request id; with one publish_offer in flight at a time, a refusal that
-    // arrives while we wait for its answer is that offer's.
-    if (this.#pendingAnswer && ['bad_request', 'invalid_sdp', 'forbidden', 'too_large',
-      'rate_limited', 'invalid_state', 'unavailable', 'internal'].includes(msg.code)) {
+    // arrives while we wait for its answer is that offer's, unless it is what a data message
+    // just sent gets when it is refused.
+    const aboutData = DATA_ERRORS.includes(msg.code)
+      && Date.now() - this.#lastDataSent < DATA_ERROR_WINDOW_MS;
+    if (this.#pendingAnswer && !aboutData && ['bad_request', 'invalid_sdp', 'forbidden',
+      'too_large', 'rate_limited', 'invalid_state', 'unavailable', 'internal'].includes(msg.code)) {
       this.#settleAnswer(null, err);
     }
     this.#emit('error', { code: msg.code, status: msg.status, message: msg.message });
@@ -392,6 +616,7 @@ export class Room extends EventTarget {
     this.#settleAnswer(null, new MoienError('closed', 'session ended'));
     this.#ws.onclose = this.#ws.onmessage = null;
     try { this.#ws.close(1000); } catch { /* already closed */ }
+    for (const channel of Object.values(this.#channels)) channel?.close();
     this.#publisher.close();
     this.#subscriber.close();
     for (const [mid, sub] of this.#subscriptions) this.#unsubscribe(mid, sub);
@@ -454,7 +679,51 @@ export class Room extends EventTarget {
       if (wasUnknown && entry.local.muted !== !!info.muted) {
         this.#send({ type: 'mute', track_sid: info.sid, muted: entry.local.muted });
       }
+      // publish_layers may have overtaken the answer while it was being applied.
+      if (wasUnknown && this.#layerWishes.has(info.sid)) this.#applyLayers(entry);
     }
+  }
+
+  #onPublishLayers(msg) {
+    if (!msg.track_sid || !Array.isArray(msg.layers)) return;
+    this.#layerWishes.set(msg.track_sid, msg.layers);
+    const entry = this.#findLocal(msg.track_sid);
+    if (entry) this.#applyLayers(entry);
+  }
+
+  /**
+   * Switches the sender's encodings on and off as the latest `publish_layers` for the track says.
+   * One change at a time per sender (setParameters must not overlap), always the latest wish.
+   */
+  #applyLayers(entry) {
+    const { local } = entry;
+    const apply = async () => {
+      const layers = this.#layerWishes.get(local.sid);
+      if (!layers || this.state !== 'connected' || !this.#localByTrack.has(local.track)) return;
+      const params = local.sender.getParameters();
+      const encodings = params.encodings ?? [];
+      let changed = false;
+      for (const { rid, active } of layers) {
+        // Without simulcast the rid is empty and means the one encoding there is.
+        const targets = rid ? encodings.filter((e) => e.rid === rid) : encodings;
+        for (const e of targets) {
+          if (e.active !== !!active) {
+            e.active = !!active;
+            changed = true;
+          }
+        }
+      }
+      if (changed) await local.sender.setParameters(params);
+      this.#emit('publish_layers', {
+        track: local, layers: layers.map((l) => ({ rid: l.rid ?? '', active: !!l.active })),
+      });
+    };
+    entry.layersJob = (entry.layersJob ?? Promise.resolve()).then(apply).catch((err) => {
+      if (this.state !== 'connected' || !this.#localByTrack.has(local.track)) return;
+      this.#emit('error', {
+        code: 'encoding_failed', status: 0, message: `cannot switch layers: ${err.message}`,
+      });
+    });
   }
 
   #onPublishAnswer(msg) {
@@ -616,4 +885,62 @@ export class Room extends EventTarget {
     info.muted = !!msg.muted;
     this.#emit('track_muted', { participant, info, muted: info.muted });
   }
+
+  #onSubscriptionState(msg) {
+    if (this.#ended.has(msg.participant_sid) || this.#ended.has(msg.track_sid)) return;
+    const participant = this.participants.get(msg.participant_sid) ?? stubParticipant(msg.participant_sid);
+    const info = participant.tracks.get(msg.track_sid)
+      ?? toTrackInfo({ sid: msg.track_sid, kind: 'video' });
+    this.#emit('subscription_state', {
+      participant, info, paused: !!msg.paused, layer: msg.layer ?? null, reason: msg.reason,
+    });
+  }
+
+  #onActiveSpeakers(msg) {
+    this.activeSpeakers = (msg.speakers ?? []).map((s) => ({
+      participant: this.#anyParticipant(s.participant_sid), level: Number(s.level) || 0,
+    }));
+    this.#emit('active_speakers', { speakers: this.activeSpeakers });
+  }
+
+  /** You, a known participant, or a stub for one whose `participant_joined` is still to come. */
+  #anyParticipant(sid) {
+    if (sid === this.localParticipant.sid) return this.localParticipant;
+    return this.participants.get(sid) ?? stubParticipant(sid);
+  }
+
+  // ---- data channels ---------------------------------------------------------------------------
+
+  #adoptChannel(channel) {
+    const reliable = channel.label === 'moien';
+    if (!reliable && channel.label !== 'moien-lossy') return; // not one of ours
+    channel.binaryType = 'arraybuffer';
+    this.#channels[reliable ? 'reliable' : 'lossy'] = channel;
+    channel.addEventListener('message', (e) => this.#onData(e.data, reliable));
+    channel.addEventListener('close', () => {
+      if (this.#channels[reliable ? 'reliable' : 'lossy'] === channel) {
+        this.#channels[reliable ? 'reliable' : 'lossy'] = null;
+      }
+    });
+  }
+
+  #onData(raw, reliable) {
+    if (this.state !== 'connected') return;
+    let msg;
+    try {
+      msg = JSON.parse(typeof raw === 'string' ? raw : new TextDecoder().decode(raw));
+    } catch {
+      return; // not an envelope of ours
+    }
+    if (typeof msg?.from !== 'string' || typeof msg.data !== 'string') return;
+    const participant = this.participants.get(msg.from) ?? stubParticipant(msg.from, msg.identity);
+    this.#emit('data_received', {
+      participant, identity: msg.identity ?? participant.identity, topic: msg.topic ?? '',
+      data: msg.data, reliable,
+    });
+  }
+}
+
+function stubParticipant(sid, identity = '') {
+  return { sid, identity, name: '', tracks: new Map() };
 }

@@ -77,16 +77,24 @@ function startServer() {
   return { child, ready, logTail: () => lines.join('\n') };
 }
 
+/** The default switches, with `extra` added; an extra switch replaces a default of that name. */
+function chromiumArgs(extra) {
+  const name = (arg) => arg.split('=')[0];
+  const replaced = new Set(extra.map(name));
+  return [...CHROMIUM_ARGS.filter((a) => !replaced.has(name(a))), ...extra];
+}
+
 /**
  * Runs one test: starts the server and Chromium, hands them to `body`, and always cleans up, also
  * on failure, timeout or a signal. Exits the process with 0 on success and 1 on failure.
+ * `options.chromiumArgs` adds switches for this test only (e.g. a faster fake camera).
  * @param {string} name
  * @param {(ctx: {baseUrl: string, browser: import('playwright-core').Browser,
  *   newPage: (label: string, options?: {expectHttpErrors?: boolean}) =>
  *     Promise<import('playwright-core').Page>,
  *   step: (text: string) => void}) => Promise<void>} body
  */
-export async function runTest(name, body) {
+export async function runTest(name, body, options = {}) {
   const started = Date.now();
   let server = null;
   let browser = null;
@@ -119,7 +127,7 @@ export async function runTest(name, body) {
       const baseUrl = await server.ready;
       step(`server at ${baseUrl}`);
       browser = await chromium.launch({
-        executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
+        executablePath: CHROMIUM, headless: true, args: chromiumArgs(options.chromiumArgs ?? []),
       });
       const newPage = async (label, { expectHttpErrors = false } = {}) => {
         // One context per page: separate storage, like separate people.
@@ -224,4 +232,122 @@ export async function remoteTiles(page) {
     identity: el.dataset.identity,
     name: el.querySelector('.name')?.textContent ?? '',
   })));
+}
+
+/**
+ * Opens the call page in `page` and waits until it joined. `query` adds parameters (codec, svc,
+ * simulcast, share, relay, ...).
+ */
+export async function joinCall(page, baseUrl, room, name, query = {}) {
+  const q = new URLSearchParams({ room, name, autojoin: '1', ...query });
+  await page.goto(`${baseUrl}/?${q}`);
+  await page.waitForFunction(() => window.moienRoom?.state === 'connected', null, { timeout: 15_000 })
+    .catch(async (err) => {
+      const status = await page.textContent('#status').catch(() => '');
+      throw new Error(`${name} did not join (status: "${status}"): ${err.message}`);
+    });
+}
+
+/**
+ * The sid of a track another participant publishes, as this page's SDK knows it: the first of
+ * `kind` and `source` (null until announced).
+ */
+export async function remoteTrackSid(page, kind, source) {
+  return page.evaluate(([k, src]) => {
+    for (const p of window.moienRoom?.participants.values() ?? []) {
+      for (const t of p.tracks.values()) if (t.kind === k && t.source === src) return t.sid;
+    }
+    return null;
+  }, [kind, source]);
+}
+
+/**
+ * Receive figures of the video a call page shows in one <video> element (CSS selector): the
+ * inbound-rtp of the subscriber receiver whose track the element plays. `shown` is false when
+ * the element plays nothing received.
+ */
+export async function shownVideoStats(page, selector) {
+  return page.evaluate(async (sel) => {
+    const el = document.querySelector(sel);
+    const track = el?.srcObject?.getVideoTracks?.()[0];
+    const pc = window.moienRoom?.subscriber;
+    const transceiver = track && pc?.getTransceivers().find((t) => t.receiver.track === track);
+    if (!transceiver) return { shown: false };
+    const report = await transceiver.receiver.getStats();
+    const out = {
+      shown: true, mid: transceiver.mid, videoWidth: el.videoWidth, framesDecoded: 0,
+      frameWidth: 0, frameHeight: 0, framesPerSecond: 0, packetsReceived: 0, codec: '',
+    };
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+      out.framesDecoded = s.framesDecoded ?? 0;
+      out.frameWidth = s.frameWidth ?? 0;
+      out.frameHeight = s.frameHeight ?? 0;
+      out.framesPerSecond = s.framesPerSecond ?? 0;
+      out.packetsReceived = s.packetsReceived ?? 0;
+      out.codec = report.get(s.codecId)?.mimeType ?? '';
+    });
+    return out;
+  }, selector);
+}
+
+/**
+ * What a call page sends on its publisher connection: one entry per video outbound-rtp (one per
+ * simulcast layer), with the sender's encoding flags.
+ */
+export async function outboundVideo(page) {
+  return page.evaluate(async () => {
+    const room = window.moienRoom;
+    if (!room) return [];
+    const report = await room.publisher.getStats();
+    const out = [];
+    report.forEach((s) => {
+      if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
+      out.push({
+        mid: s.mid, rid: s.rid ?? '', active: s.active, frameWidth: s.frameWidth ?? 0,
+        framesPerSecond: s.framesPerSecond ?? 0, framesEncoded: s.framesEncoded ?? 0,
+        scalabilityMode: s.scalabilityMode ?? '', codec: report.get(s.codecId)?.mimeType ?? '',
+        qualityLimitationReason: s.qualityLimitationReason ?? '',
+      });
+    });
+    return out.sort((a, b) => a.mid.localeCompare(b.mid) || a.rid.localeCompare(b.rid));
+  });
+}
+
+/** The encodings of a page's published video of `source`: [{rid, active}] in sender order. */
+export async function localEncodings(page, source = 'camera') {
+  return page.evaluate((src) => {
+    const local = [...window.moienRoom.localParticipant.tracks.values()]
+      .find((t) => t.kind === 'video' && t.source === src);
+    return local ? local.sender.getParameters().encodings.map((e) => ({
+      rid: e.rid ?? '', active: e.active, scaleResolutionDownBy: e.scaleResolutionDownBy,
+      maxBitrate: e.maxBitrate, scalabilityMode: e.scalabilityMode,
+    })) : null;
+  }, source);
+}
+
+/**
+ * Starts recording a page's SDK events of the given types into `window.testEvents[type]`, so a
+ * test can wait on them later with `recordedEvents`.
+ */
+export async function recordEvents(page, types) {
+  await page.evaluate((list) => {
+    window.testEvents ??= {};
+    for (const type of list) {
+      if (window.testEvents[type]) continue;
+      window.testEvents[type] = [];
+      window.moienRoom.addEventListener(type, (e) => {
+        const d = e.detail;
+        window.testEvents[type].push(JSON.parse(JSON.stringify(d, (k, v) => {
+          if (v instanceof Map || v instanceof MediaStreamTrack || v instanceof MediaStream) return undefined;
+          if (typeof RTCRtpSender !== 'undefined' && v instanceof RTCRtpSender) return undefined;
+          return v;
+        })));
+      });
+    }
+  }, types);
+}
+
+export async function recordedEvents(page, type) {
+  return page.evaluate((t) => window.testEvents?.[t] ?? [], type);
 }

@@ -38,10 +38,12 @@ use crate::session::{MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId,
 use crate::stats::WorkerStats;
 
 mod allocation;
+mod data;
 mod forward;
+mod speakers;
 
-/// Label of the data channel every subscriber session carries.
-pub(crate) const DATA_CHANNEL_LABEL: &str = "moien";
+pub(crate) use data::{Channels, DataLimiter};
+
 /// A subscribe offer unanswered this long is abandoned and offered again.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,8 +93,9 @@ pub(crate) struct WorkerCore {
     removals: Vec<(ParticipantId, LeaveReason)>,
     /// Reused per forwarded packet so fan-out allocates nothing.
     scratch: Vec<SubscriptionId>,
-    /// Participants by speaking activity, loudest first.
-    speakers: Vec<ParticipantId>,
+    /// Active speaker detection per room, and the levels noted since the last pass.
+    speakers: HashMap<String, crate::speaker::SpeakerDetector>,
+    levels: Vec<(Instant, ParticipantId, u8)>,
     next_allocation: Option<Instant>,
     next_id: u64,
     next_housekeeping: Option<Instant>,
@@ -124,7 +127,8 @@ impl WorkerCore {
             renegotiate: HashSet::new(),
             removals: Vec::new(),
             scratch: Vec::new(),
-            speakers: Vec::new(),
+            speakers: HashMap::new(),
+            levels: Vec::new(),
             next_allocation: None,
             next_id: 1,
             next_housekeeping: None,
@@ -320,6 +324,7 @@ impl WorkerCore {
             subscriber: None,
             tracks: Vec::new(),
             subscriptions: Vec::new(),
+            data_limiter: Default::default(),
             events,
         };
         for prepared in sessions {
@@ -471,12 +476,7 @@ impl WorkerCore {
                     );
                 }
             }
-            Request::UpdateSubscription {
-                track_sid,
-                paused,
-                max_layer,
-                pinned,
-            } => {
+            Request::UpdateSubscription { track_sid, prefs } => {
                 let found = self.participants[&pid]
                     .subscriptions
                     .iter()
@@ -488,9 +488,7 @@ impl WorkerCore {
                             .is_some_and(|t| t.sid == track_sid)
                     });
                 match found {
-                    Some(sub_id) => {
-                        self.update_subscription(now, sub_id, paused, max_layer, pinned)
-                    }
+                    Some(sub_id) => self.update_subscription(now, sub_id, prefs),
                     None => self.send_to(
                         pid,
                         ServerMessage::error(
@@ -669,6 +667,7 @@ impl WorkerCore {
             source,
             muted,
             codec,
+            svc: false,
             subscriptions: Vec::new(),
             layers,
         };
@@ -814,9 +813,10 @@ impl WorkerCore {
         // every media m-line is stopped (Chrome refuses max-bundle offers without one), and it
         // connects the session before the first track arrives.
         let add_channel = !session.channel_added;
-        if add_channel {
-            api.add_channel(DATA_CHANNEL_LABEL.to_string());
-        }
+        let channels = add_channel.then(|| data::Channels {
+            reliable: Some(api.add_channel(moien_protocol::DATA_CHANNEL_RELIABLE.to_string())),
+            lossy: Some(api.add_channel_with_config(data::lossy_config())),
+        });
         for mid in session.to_stop.drain(..) {
             api.stop_media(mid);
         }
@@ -858,8 +858,9 @@ impl WorkerCore {
         }
         session.pending_offer = Some(pending);
         session.offer_sent_at = Some(now);
-        if add_channel {
+        if let Some(c) = channels {
             session.channel_added = true;
+            session.channels = c;
         }
         let tracks = self.subscribed_tracks(session_id);
         let sdp = offer.to_sdp_string();
@@ -972,10 +973,12 @@ impl WorkerCore {
             negotiated: mid.is_some(),
             rewriter: Rewriter::new(rng.gen_range(1..30_000), rng.r#gen()),
             selector: SimulcastSelector::default(),
+            svc: track.svc.then(Default::default),
             keyframe_wait_since: None,
             last_forward: None,
             last_layer: None,
             max_layer: None,
+            max_temporal: None,
             client_paused: false,
             pinned: false,
             bandwidth_paused_since: None,
@@ -999,6 +1002,7 @@ impl WorkerCore {
             // Start on the lowest layer: it starts fastest; allocation upgrades it.
             if let Some(sub) = self.subs.get_mut(&sub_id) {
                 sub.selector.set_target(Some(0));
+                sub.apply_svc_target();
             }
             // A newcomer needs a keyframe to start decoding.
             self.request_keyframe_for_sub(now, sub_id);
@@ -1125,6 +1129,9 @@ impl WorkerCore {
             p.identity.clone(),
             p.hidden(),
         );
+        if let Some(d) = self.speakers.get_mut(&room) {
+            d.forget(pid);
+        }
         if reason != LeaveReason::ClientRequest {
             self.send_to(pid, ServerMessage::Leave { reason });
         }
@@ -1182,6 +1189,7 @@ impl WorkerCore {
         }
         if room_empty {
             self.rooms.remove(&p.room);
+            self.speakers.remove(&p.room);
         }
         self.release_placement(&p.room);
     }
@@ -1331,11 +1339,7 @@ impl WorkerCore {
                     .send_subs
                     .values()
                     .copied()
-                    .filter(|id| {
-                        self.subs
-                            .get(id)
-                            .is_some_and(|sub| sub.selector.needs_keyframe())
-                    })
+                    .filter(|id| self.subs.get(id).is_some_and(|sub| sub.needs_keyframe()))
                     .collect();
                 for sub_id in waiting {
                     self.request_keyframe_for_sub(now, sub_id);
@@ -1355,6 +1359,7 @@ impl WorkerCore {
             }
             // Client offers are reconciled when accepted (`sync_media`); these come later.
             Event::MediaAdded(_) | Event::MediaChanged(_) => {}
+            Event::ChannelData(cd) => self.on_channel_data(now, session_id, cd),
             Event::Closed => {
                 if let Some(s) = self.sessions.get_mut(&session_id) {
                     s.failed = true;
@@ -1371,6 +1376,7 @@ impl WorkerCore {
             allocation::refresh_layer_rates(&mut t.layers, now);
         }
         self.keyframe_housekeeping(now);
+        self.speaker_housekeeping(now);
         if self.next_allocation.is_none_or(|t| t <= now) {
             self.next_allocation = Some(now + allocation::ALLOCATION_INTERVAL);
             self.allocation_housekeeping(now);

@@ -21,7 +21,7 @@ const DYNACAST_OFF_DELAY: Duration = Duration::from_secs(2);
 /// After an upgrade, estimate dips are ignored this long (the new layer's keyframe burst).
 const UPGRADE_HOLD: Duration = Duration::from_secs(2);
 /// A subscriber held below what it wants probes its link again this often.
-const REPROBE_INTERVAL: Duration = Duration::from_secs(3);
+const REPROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// First wait before a bandwidth-paused video tries its base layer again, and the longest.
 pub(crate) const RESUME_BACKOFF_MIN: Duration = Duration::from_secs(4);
 const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(32);
@@ -99,7 +99,12 @@ impl WorkerCore {
                 .collect();
             let priority = if track.source == TrackSource::Screen {
                 Priority::Screen
-            } else if self.speakers.first() == Some(&track.participant) {
+            } else if self
+                .participants
+                .get(&track.participant)
+                .and_then(|p| self.top_speaker(&p.room))
+                == Some(track.participant)
+            {
                 Priority::Speaker
             } else if sub.pinned {
                 Priority::Pinned
@@ -168,7 +173,8 @@ impl WorkerCore {
                     _ => false,
                 };
                 sub.selector.set_target(target);
-                if sub.selector.needs_keyframe() {
+                sub.apply_svc_target();
+                if sub.needs_keyframe() {
                     sub.keyframe_wait_since = Some(now);
                     keyframes.push(sub_id);
                 }
@@ -332,20 +338,22 @@ impl WorkerCore {
         &mut self,
         now: Instant,
         sub_id: SubscriptionId,
-        paused: Option<bool>,
-        max_layer: Option<u8>,
-        pinned: Option<bool>,
+        prefs: crate::api::SubscriptionPrefs,
     ) {
         let Some(sub) = self.subs.get_mut(&sub_id) else {
             return;
         };
-        if let Some(p) = paused {
+        if let Some(p) = prefs.paused {
             sub.client_paused = p;
         }
-        if let Some(m) = max_layer {
+        if let Some(m) = prefs.max_layer {
             sub.max_layer = Some(usize::from(m));
         }
-        if let Some(p) = pinned {
+        if let Some(t) = prefs.max_temporal {
+            sub.max_temporal = Some(t);
+        }
+        sub.apply_svc_target();
+        if let Some(p) = prefs.pinned {
             sub.pinned = p;
         }
         let session = sub.session;

@@ -10,10 +10,12 @@ use str0m::media::KeyframeRequestKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use super::WorkerCore;
+use crate::descriptor::parse_vp9;
 use crate::keyframe::is_keyframe_start;
 use crate::layer::Verdict;
 use crate::room::{SubscriptionId, TrackId};
 use crate::session::SessionId;
+use str0m::format::Codec;
 
 /// A subscription still waiting for a keyframe after this long asks again, so a switch never
 /// waits much more than a second.
@@ -51,6 +53,16 @@ impl WorkerCore {
                 (t, layer)
             }
         };
+        // Speaker detection reads the audio-level extension, never the audio.
+        if let (Some(level), Some(t)) = (pkt.header.ext_vals.audio_level, self.tracks.get(&tid))
+            && t.kind == TrackKind::Audio
+        {
+            let participant = t.participant;
+            self.note_level(now, participant, level.unsigned_abs());
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
         let pt = pkt.header.payload_type;
         // A RED packet (RFC 2198) is found through the codec it wraps.
         let config = session.rtc.codec_config();
@@ -74,6 +86,21 @@ impl WorkerCore {
         }
         let video = track.kind == TrackKind::Video;
         let keyframe = video && is_keyframe_start(codec, &pkt.payload);
+        // VP9 layer indices in the descriptor make the track SVC: from then on each
+        // subscription filters layers instead of picking a stream.
+        let vp9 = (codec == Codec::Vp9)
+            .then(|| parse_vp9(&pkt.payload))
+            .flatten();
+        if vp9.is_some_and(|d| d.has_layers) && !track.svc {
+            track.svc = true;
+            for sub_id in &track.subscriptions {
+                if let Some(sub) = self.subs.get_mut(sub_id) {
+                    sub.svc = Some(Default::default());
+                    sub.apply_svc_target();
+                }
+            }
+        }
+        let svc = track.svc;
         let Some(l) = track.layers.get_mut(layer) else {
             return;
         };
@@ -104,8 +131,27 @@ impl WorkerCore {
             if !out.connected {
                 continue;
             }
+            let mut marker = pkt.header.marker;
             if video {
-                match sub.selector.on_packet(layer, keyframe) {
+                let verdict = match (svc, sub.svc.as_mut(), vp9) {
+                    (true, Some(sel), Some(d)) => {
+                        let v = sel.on_packet(d.layers);
+                        // Dropping upper spatial layers: the end of the highest one forwarded
+                        // ends the picture for this subscriber.
+                        if d.end_of_layer_frame
+                            && sel.current().is_some_and(|(s, _)| s == d.layers.spatial)
+                        {
+                            marker = true;
+                        }
+                        if v == Verdict::Drop {
+                            sub.rewriter.skip(seq);
+                        }
+                        v
+                    }
+                    (true, _, _) => Verdict::Drop,
+                    (false, _, _) => sub.selector.on_packet(layer, keyframe),
+                };
+                match verdict {
                     Verdict::Drop => continue,
                     Verdict::Forward { switched } => {
                         if switched {
@@ -147,7 +193,7 @@ impl WorkerCore {
                 continue;
             };
             let write = RtpWrite::new(out_pt, out_seq.into(), out_ts, pkt.timestamp, payload)
-                .marker(pkt.header.marker)
+                .marker(marker)
                 .nackable(video)
                 .ext_vals(ext.clone());
             let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
@@ -169,7 +215,7 @@ impl WorkerCore {
         let Some(layer) = sub.selector.target().or(sub.selector.current()) else {
             return;
         };
-        if sub.selector.needs_keyframe() {
+        if sub.needs_keyframe() {
             sub.keyframe_wait_since.get_or_insert(now);
         }
         let tid = sub.track;
@@ -228,7 +274,7 @@ impl WorkerCore {
             .subs
             .iter()
             .filter(|(_, s)| {
-                s.selector.needs_keyframe()
+                s.needs_keyframe()
                     && s.keyframe_wait_since
                         .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY)
             })

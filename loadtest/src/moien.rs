@@ -1,0 +1,245 @@
+//! The Moien target: starts `moien serve --dev` as its own process (so its CPU and memory are
+//! its own), or uses a server that already runs, and joins simulated participants through the
+//! Rust client over the WebSocket protocol or WHEP.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use moien_client::{Client, ClientConfig, PacketObserver, ReceivedPacket};
+use moien_protocol::TrackKind;
+use moien_signaling::auth::{self, Claims, Grants};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::scenario::{Group, Member};
+use crate::stats::{Kind, Packet, Recorder};
+
+pub const DEV_SECRET: &str = "moien-dev-secret";
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A Moien server the load tester talks to.
+pub struct MoienTarget {
+    /// HTTP origin, e.g. `http://127.0.0.1:7880`.
+    pub http: String,
+    pub secret: String,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+impl MoienTarget {
+    /// Starts `bin serve --dev` on free loopback ports and waits for its banner.
+    pub async fn spawn(bin: &std::path::Path, workers: usize) -> anyhow::Result<MoienTarget> {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "serve",
+            "--dev",
+            "--http",
+            "127.0.0.1:0",
+            "--media-port",
+            "0",
+            "--workers",
+            &workers.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        crate::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id();
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            bail!("no pipes to the server");
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+        // Read both streams to the end so the server never blocks on a full pipe.
+        for stream in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let _ = tx.try_send(l);
+                }
+            });
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let http = loop {
+            let line = tokio::time::timeout_at(deadline, rx.recv()).await;
+            match line {
+                Ok(Some(l)) => {
+                    if let Some(url) = banner_http(&l) {
+                        break url;
+                    }
+                    if seen.len() < 20 {
+                        seen.push(l);
+                    }
+                }
+                Ok(None) => bail!("the server exited before listening: {}", seen.join(" | ")),
+                Err(_) => bail!("the server did not print its address within 20 s"),
+            }
+        };
+        // Keep draining (bounded channel, excess dropped).
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        Ok(MoienTarget {
+            http,
+            secret: DEV_SECRET.into(),
+            pid,
+            child: Some(child),
+        })
+    }
+
+    /// A server started by someone else (or in this process, by tests).
+    pub fn external(http: String, secret: String, pid: Option<u32>) -> MoienTarget {
+        MoienTarget {
+            http,
+            secret,
+            pid,
+            child: None,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/rtc", self.http.replacen("http", "ws", 1))
+    }
+
+    pub fn token(&self, room: &str, identity: &str, publish: bool, subscribe: bool) -> String {
+        let now = auth::now_unix();
+        auth::mint(
+            &self.secret,
+            &Claims {
+                sub: identity.into(),
+                room: room.into(),
+                exp: now + 24 * 3_600,
+                nbf: None,
+                iat: Some(now),
+                name: identity.into(),
+                grants: Grants { publish, subscribe },
+            },
+        )
+        .unwrap_or_default()
+    }
+
+    /// Joins one member; returns its client (and its recorder, when it receives).
+    pub async fn join(
+        &self,
+        room: &str,
+        m: &Member,
+        recorder: Option<Arc<Recorder>>,
+        pace: bool,
+    ) -> anyhow::Result<Client> {
+        let token = self.token(room, &m.identity, m.publishes(), m.subscribe);
+        let config = client_config(self.ws_url(), token, m, recorder, pace);
+        let fut = async {
+            match &m.whep_of {
+                Some(of) => Client::whep(&self.http, room, of, config).await,
+                None => Client::connect(config).await,
+            }
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, fut).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => bail!("{} failed to join {room}: {e}", m.identity),
+            Err(_) => bail!("{} did not join {room} within {JOIN_TIMEOUT:?}", m.identity),
+        }
+    }
+
+    pub async fn join_group(
+        &self,
+        g: &Group,
+        recorders: &[Option<Arc<Recorder>>],
+        pace: bool,
+    ) -> anyhow::Result<Vec<Client>> {
+        let mut clients = Vec::new();
+        for (m, r) in g.members.iter().zip(recorders) {
+            clients.push(self.join(&g.room, m, r.clone(), pace).await?);
+        }
+        Ok(clients)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+        }
+    }
+}
+
+/// The client configuration of a simulated member; received packets go to `recorder`.
+pub fn client_config(
+    url: String,
+    token: String,
+    m: &Member,
+    recorder: Option<Arc<Recorder>>,
+    pace: bool,
+) -> ClientConfig {
+    let mut c = ClientConfig::new(url, token);
+    c.publish_audio = m.publish_audio;
+    c.publish_video = m.video.is_some();
+    if let Some(v) = m.video {
+        c.video = v.shape();
+    }
+    c.simulcast = m.video.is_some() && m.simulcast;
+    c.speech = m.publish_audio.then_some(m.speech);
+    c.verify = false;
+    c.pace_publisher = pace;
+    c.on_packet = recorder.map(observer);
+    c
+}
+
+/// Feeds a recorder from the client's packets.
+pub fn observer(r: Arc<Recorder>) -> PacketObserver {
+    PacketObserver::new(move |p: &ReceivedPacket<'_>| {
+        r.record(&Packet {
+            stream: p.track_sid,
+            kind: match p.kind {
+                TrackKind::Audio => Kind::Audio,
+                TrackKind::Video => Kind::Video,
+            },
+            seq: p.seq,
+            rtp_time: p.rtp_time,
+            bytes: p.payload_len + 12,
+            arrival: p.arrival,
+            sent_at_us: p.sent_at_us,
+            now_us: moien_client::media::unix_micros(),
+        })
+    })
+}
+
+/// The HTTP origin from the server's banner line (`  http   http://127.0.0.1:7880 ...`).
+pub fn banner_http(line: &str) -> Option<String> {
+    let rest = line.trim_start().strip_prefix("http")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let url = rest.split_whitespace().next()?;
+    url.starts_with("http://")
+        .then(|| url.trim_end_matches('/').to_string())
+}
+
+/// Used by the runner to time joins.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_banner() {
+        assert_eq!(
+            banner_http("  http     http://127.0.0.1:40123  (call page, /rtc, WHIP/WHEP)"),
+            Some("http://127.0.0.1:40123".into())
+        );
+        assert_eq!(banner_http("https://x"), None);
+        assert_eq!(banner_http("media    udp 127.0.0.1:5000"), None);
+    }
+}

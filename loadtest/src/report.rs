@@ -1,0 +1,870 @@
+//! What a run produced and how it is shown: the result types (serialized as the JSON report),
+//! the plain-text table, the `results.json` bench record, and a self-contained HTML report with
+//! inline SVG charts (no script, no network).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::runner::RampOptions;
+use crate::scenario::Scenario;
+use crate::stats;
+
+/// Rates over the measurement window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RateStats {
+    pub window_seconds: f64,
+    pub forwarded_packets: u64,
+    pub forwarded_packets_per_s: f64,
+    pub forwarded_mbit_per_s: f64,
+    pub video_mbit_per_s: f64,
+    pub sfu_cpu_seconds: Option<f64>,
+    /// 100 = one core busy.
+    pub sfu_cpu_percent: Option<f64>,
+    pub packets_per_cpu_second: Option<f64>,
+    pub mbit_per_cpu_second: Option<f64>,
+    pub video_mbit_per_cpu_second: Option<f64>,
+    pub loadtester_cpu_seconds: Option<f64>,
+    pub loss_percent: f64,
+    pub lost_packets: u64,
+    pub expected_packets: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyStats {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencyStats {
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        LatencyStats {
+            samples: h.len(),
+            p50_ms: stats::percentile_ms(h, 0.50),
+            p90_ms: stats::percentile_ms(h, 0.90),
+            p99_ms: stats::percentile_ms(h, 0.99),
+            p999_ms: stats::percentile_ms(h, 0.999),
+            max_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1_000.0
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JoinStats {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub max_ms: f64,
+}
+
+impl JoinStats {
+    pub fn from_samples(ms: &[f64]) -> Self {
+        JoinStats {
+            count: ms.len(),
+            p50_ms: stats::percentile(ms, 0.50),
+            p95_ms: stats::percentile(ms, 0.95),
+            max_ms: stats::percentile(ms, 1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        if v.is_empty() {
+            return Spread::default();
+        }
+        Spread {
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    pub t_s: f64,
+    pub phase: String,
+    pub participants: usize,
+    pub packets_per_s: f64,
+    pub mbit_per_s: f64,
+    pub loss_percent: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub sfu_cpu_percent: Option<f64>,
+    pub sfu_rss_bytes: Option<u64>,
+    pub loadtester_cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampStep {
+    pub step: usize,
+    pub participants: usize,
+    pub streams: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub rates: RateStats,
+    pub within_limits: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampResult {
+    /// Participants at the last step within the limits.
+    pub capacity_participants: usize,
+    pub capacity_streams: usize,
+    pub stop_reason: String,
+    pub steps: Vec<RampStep>,
+    pub options: RampOptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub cpu: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            cpu,
+        }
+    }
+}
+
+/// The whole report of one run (the JSON file).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub target: String,
+    pub params: Scenario,
+    pub participants: usize,
+    pub receivers: usize,
+    pub receivers_with_media: usize,
+    pub streams: usize,
+    /// Streams that delivered at least one packet (a stream never received is not "loss").
+    pub streams_received: usize,
+    pub window_seconds: f64,
+    pub rates: RateStats,
+    pub latency: LatencyStats,
+    pub jitter_ms: f64,
+    pub join: JoinStats,
+    pub subscriber_kbps: Spread,
+    pub rss_bytes_start: Option<u64>,
+    pub rss_bytes_end: Option<u64>,
+    pub rss_bytes_per_participant: Option<u64>,
+    pub cpu_note: String,
+    pub sender_pacing: bool,
+    pub interrupted: bool,
+    pub errors: Vec<String>,
+    pub ramp: Option<RampResult>,
+    pub timeline: Vec<TimelinePoint>,
+    pub machine: Machine,
+}
+
+/// One line of `target/bench/results.json` (scripts and dashboards read these names).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BenchRecord {
+    pub scenario: String,
+    pub target: String,
+    pub mode: String,
+    pub participants: usize,
+    pub streams: usize,
+    #[serde(default)]
+    pub streams_received: usize,
+    pub forwarded_packets_per_s: f64,
+    pub forwarded_mbit_per_s: f64,
+    pub sfu_cpu_seconds: Option<f64>,
+    pub sfu_cpu_percent: Option<f64>,
+    pub packets_per_cpu_second: Option<f64>,
+    pub mbit_per_cpu_second: Option<f64>,
+    pub video_mbit_per_cpu_second: Option<f64>,
+    pub p50_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    pub join_p95_ms: f64,
+    pub rss_bytes_per_participant: Option<u64>,
+    pub capacity_participants: Option<usize>,
+    pub interrupted: bool,
+}
+
+impl RunResult {
+    pub fn bench_record(&self) -> BenchRecord {
+        BenchRecord {
+            scenario: self.scenario.clone(),
+            target: self.target.clone(),
+            mode: if self.ramp.is_some() { "ramp" } else { "fixed" }.into(),
+            participants: self.participants,
+            streams: self.streams,
+            streams_received: self.streams_received,
+            forwarded_packets_per_s: round(self.rates.forwarded_packets_per_s, 1),
+            forwarded_mbit_per_s: round(self.rates.forwarded_mbit_per_s, 3),
+            sfu_cpu_seconds: self.rates.sfu_cpu_seconds.map(|v| round(v, 3)),
+            sfu_cpu_percent: self.rates.sfu_cpu_percent.map(|v| round(v, 1)),
+            packets_per_cpu_second: self.rates.packets_per_cpu_second.map(|v| round(v, 0)),
+            mbit_per_cpu_second: self.rates.mbit_per_cpu_second.map(|v| round(v, 2)),
+            video_mbit_per_cpu_second: self.rates.video_mbit_per_cpu_second.map(|v| round(v, 2)),
+            p50_latency_ms: round(self.latency.p50_ms, 3),
+            p99_latency_ms: round(self.latency.p99_ms, 3),
+            loss_percent: round(self.rates.loss_percent, 4),
+            jitter_ms: round(self.jitter_ms, 3),
+            join_p95_ms: round(self.join.p95_ms, 1),
+            rss_bytes_per_participant: self.rss_bytes_per_participant,
+            capacity_participants: self.ramp.as_ref().map(|r| r.capacity_participants),
+            interrupted: self.interrupted,
+        }
+    }
+
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn write_html(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, html(self)).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+/// Adds (or replaces, same scenario/target/mode) a record in a results file (a JSON array).
+pub fn append_record(path: &Path, rec: BenchRecord) -> anyhow::Result<()> {
+    let mut all: Vec<BenchRecord> = match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => serde_json::from_str(&s)
+            .with_context(|| format!("{} is not a results array", path.display()))?,
+        _ => Vec::new(),
+    };
+    all.retain(|r| !(r.scenario == rec.scenario && r.target == rec.target && r.mode == rec.mode));
+    all.push(rec);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&all)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The plain-text table printed at the end of a run.
+pub fn text_table(r: &RunResult) -> String {
+    let mut s = String::new();
+    let rt = &r.rates;
+    let _ = writeln!(
+        s,
+        "{} on {}: {} participants, {} of {} forwarded streams delivered, {:.0} s measured{}",
+        r.scenario,
+        r.target,
+        r.participants,
+        r.streams_received,
+        r.streams,
+        rt.window_seconds,
+        if r.interrupted { " (interrupted)" } else { "" }
+    );
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "forwarded packets/s",
+            format!("{:.0}", rt.forwarded_packets_per_s),
+        ),
+        (
+            "forwarded Mbit/s",
+            format!(
+                "{:.2} (video {:.2})",
+                rt.forwarded_mbit_per_s, rt.video_mbit_per_s
+            ),
+        ),
+        (
+            "server CPU",
+            format!(
+                "{} s ({}% of one core)",
+                opt(rt.sfu_cpu_seconds, 2),
+                opt(rt.sfu_cpu_percent, 1)
+            ),
+        ),
+        (
+            "packets per server CPU-second",
+            opt(rt.packets_per_cpu_second, 0),
+        ),
+        (
+            "Mbit per server CPU-second",
+            format!(
+                "{} (video {})",
+                opt(rt.mbit_per_cpu_second, 1),
+                opt(rt.video_mbit_per_cpu_second, 1)
+            ),
+        ),
+        (
+            "one-way latency p50/p90/p99/max",
+            if r.latency.samples == 0 {
+                "n/a (carried by video packets; this run received none)".into()
+            } else {
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2} ms ({} samples)",
+                    r.latency.p50_ms,
+                    r.latency.p90_ms,
+                    r.latency.p99_ms,
+                    r.latency.max_ms,
+                    r.latency.samples
+                )
+            },
+        ),
+        (
+            "loss",
+            format!(
+                "{:.3}% ({} of {})",
+                rt.loss_percent, rt.lost_packets, rt.expected_packets
+            ),
+        ),
+        ("jitter (mean of streams)", format!("{:.2} ms", r.jitter_ms)),
+        (
+            "join time p50/p95/max",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms ({} of {} receivers got media)",
+                r.join.p50_ms, r.join.p95_ms, r.join.max_ms, r.receivers_with_media, r.receivers
+            ),
+        ),
+        (
+            "received kbit/s per subscriber",
+            format!(
+                "mean {:.0}, min {:.0}, max {:.0}",
+                r.subscriber_kbps.mean, r.subscriber_kbps.min, r.subscriber_kbps.max
+            ),
+        ),
+        (
+            "server RSS start/end, per participant",
+            format!(
+                "{} / {} MiB, {} KiB",
+                opt(r.rss_bytes_start.map(|b| b as f64 / 1_048_576.0), 1),
+                opt(r.rss_bytes_end.map(|b| b as f64 / 1_048_576.0), 1),
+                opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0)
+            ),
+        ),
+        (
+            "load tester CPU",
+            format!("{} s", opt(rt.loadtester_cpu_seconds, 2)),
+        ),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        let _ = writeln!(s, "  {k:<w$}  {v}");
+    }
+    if let Some(ramp) = &r.ramp {
+        let _ = writeln!(
+            s,
+            "ramp: capacity {} participants ({} streams); {}",
+            ramp.capacity_participants, ramp.capacity_streams, ramp.stop_reason
+        );
+        let _ = writeln!(
+            s,
+            "  {:>5} {:>12} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            "step",
+            "participants",
+            "streams",
+            "pkt/s",
+            "loss%",
+            "p99 ms",
+            "server%",
+            "tester%",
+            "pkt/cpu-s"
+        );
+        for st in &ramp.steps {
+            let _ = writeln!(
+                s,
+                "  {:>5} {:>12} {:>8} {:>10.0} {:>8.3} {:>8.2} {:>9} {:>9} {:>9} {}",
+                st.step,
+                st.participants,
+                st.streams,
+                st.rates.forwarded_packets_per_s,
+                st.rates.loss_percent,
+                st.p99_ms,
+                opt(st.rates.sfu_cpu_percent, 0),
+                opt(
+                    st.rates
+                        .loadtester_cpu_seconds
+                        .map(|c| c * 100.0 / st.rates.window_seconds.max(1e-3)),
+                    0
+                ),
+                opt(st.rates.packets_per_cpu_second, 0),
+                if st.within_limits { "" } else { "<- over" }
+            );
+        }
+    }
+    let _ = writeln!(s, "  note: {}", r.cpu_note);
+    for e in &r.errors {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    s
+}
+
+/// The comparison table of a results file: each target against Moien, per scenario.
+pub fn comparison(records: &[BenchRecord]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "scenario",
+        "mode",
+        "target",
+        "part",
+        "streams",
+        "pkt/s",
+        "pkt/cpu-s",
+        "Mb/cpu-s",
+        "p99 ms",
+        "loss %",
+        "join95",
+        "KiB/part",
+        "moien/x"
+    );
+    for r in records {
+        let moien = records
+            .iter()
+            .find(|m| m.target == "moien" && m.scenario == r.scenario && m.mode == r.mode);
+        let ratio = match (
+            moien.and_then(|m| m.packets_per_cpu_second),
+            r.packets_per_cpu_second,
+        ) {
+            (Some(m), Some(x)) if x > 0.0 && r.target != "moien" => format!("{:.2}x", m / x),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10.0} {:>11} {:>9} {:>8.2} {:>8.3} {:>8.0} {:>9} {:>9}",
+            r.scenario,
+            r.mode,
+            r.target,
+            r.participants,
+            format!("{}/{}", r.streams_received, r.streams),
+            r.forwarded_packets_per_s,
+            opt(r.packets_per_cpu_second, 0),
+            opt(r.mbit_per_cpu_second, 1),
+            r.p99_latency_ms,
+            r.loss_percent,
+            r.join_p95_ms,
+            opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0),
+            ratio
+        );
+    }
+    s
+}
+
+/// One line of a chart: name, colour, points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart as inline SVG.
+pub fn svg_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 260.0;
+    const L: f64 = 64.0;
+    const R: f64 = 16.0;
+    const T: f64 = 28.0;
+    const B: f64 = 40.0;
+    let pts = series.iter().flat_map(|s| s.2.iter().copied());
+    let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
+    for (x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        x0 = 0.0;
+        x1 = 1.0;
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let y1 = if y1 <= 0.0 { 1.0 } else { nice_ceiling(y1) };
+    let sx = |x: f64| L + (x - x0) / (x1 - x0) * (W - L - R);
+    let sy = |y: f64| H - B - y / y1 * (H - T - B);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{t}</title><rect width="100%" height="100%" fill="#fff"/><text x="{L}" y="18" font-size="14" font-weight="bold">{t}</text>"##,
+        t = esc(title)
+    );
+    for i in 0..=4 {
+        let y = y1 * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{L}" x2="{x2}" y1="{py:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end">{v}</text>"##,
+            x2 = W - R,
+            py = sy(y),
+            tx = L - 6.0,
+            ty = sy(y) + 4.0,
+            v = short(y)
+        );
+    }
+    for i in 0..=4 {
+        let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r#"<text x="{px:.1}" y="{py}" font-size="11" text-anchor="middle">{v}</text>"#,
+            px = sx(x),
+            py = H - B + 16.0,
+            v = short(x)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{cx}" y="{by}" font-size="12" text-anchor="middle">{xl}</text><text x="14" y="{cy}" font-size="12" transform="rotate(-90 14 {cy})" text-anchor="middle">{yl}</text>"#,
+        cx = (L + W - R) / 2.0,
+        by = H - 6.0,
+        cy = (T + H - B) / 2.0,
+        xl = esc(x_label),
+        yl = esc(y_label)
+    );
+    for (i, (name, colour, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        if !path.is_empty() {
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+            for p in &path {
+                if let Some((x, y)) = p.split_once(',') {
+                    let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="2" fill="{colour}"/>"#);
+                }
+            }
+        }
+        let lx = L + 10.0 + i as f64 * 150.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="{ly}" width="12" height="3" fill="{colour}"/><text x="{tx}" y="{ty}" font-size="11">{n}</text>"#,
+            ly = T + 4.0,
+            tx = lx + 16.0,
+            ty = T + 8.0,
+            n = esc(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn nice_ceiling(v: f64) -> f64 {
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if v <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn short(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The self-contained HTML report.
+pub fn html(r: &RunResult) -> String {
+    let tl = &r.timeline;
+    let xy = |f: &dyn Fn(&TimelinePoint) -> Option<f64>| -> Vec<(f64, f64)> {
+        tl.iter().filter_map(|p| Some((p.t_s, f(p)?))).collect()
+    };
+    let mut charts = vec![
+        svg_chart(
+            "One-way latency percentiles (per second)",
+            "seconds",
+            "ms",
+            &[
+                ("p50", "#1f77b4", xy(&|p| Some(p.p50_ms))),
+                ("p95", "#ff7f0e", xy(&|p| Some(p.p95_ms))),
+                ("p99", "#d62728", xy(&|p| Some(p.p99_ms))),
+            ],
+        ),
+        svg_chart(
+            "Loss and server CPU over time",
+            "seconds",
+            "% (CPU: 100 = one core)",
+            &[
+                ("loss %", "#d62728", xy(&|p| Some(p.loss_percent))),
+                ("server CPU %", "#2ca02c", xy(&|p| p.sfu_cpu_percent)),
+                (
+                    "load tester CPU %",
+                    "#9467bd",
+                    xy(&|p| p.loadtester_cpu_percent),
+                ),
+            ],
+        ),
+        svg_chart(
+            "Forwarded packets per second (received by all subscribers)",
+            "seconds",
+            "packets/s",
+            &[
+                ("packets/s", "#1f77b4", xy(&|p| Some(p.packets_per_s))),
+                (
+                    "participants x 10",
+                    "#7f7f7f",
+                    xy(&|p| Some(p.participants as f64 * 10.0)),
+                ),
+            ],
+        ),
+    ];
+    if let Some(ramp) = &r.ramp {
+        let pts = |f: &dyn Fn(&RampStep) -> Option<f64>| -> Vec<(f64, f64)> {
+            ramp.steps
+                .iter()
+                .filter_map(|s| Some((s.participants as f64, f(s)?)))
+                .collect()
+        };
+        charts.push(svg_chart(
+            "Capacity curve: forwarded packets/s and server CPU by participants",
+            "participants",
+            "packets/s (CPU % x 100)",
+            &[
+                (
+                    "packets/s",
+                    "#1f77b4",
+                    pts(&|s| Some(s.rates.forwarded_packets_per_s)),
+                ),
+                (
+                    "server CPU % x 100",
+                    "#2ca02c",
+                    pts(&|s| s.rates.sfu_cpu_percent.map(|c| c * 100.0)),
+                ),
+            ],
+        ));
+        charts.push(svg_chart(
+            "Capacity curve: p99 latency and loss by participants",
+            "participants",
+            "ms / %",
+            &[
+                ("p99 ms", "#d62728", pts(&|s| Some(s.p99_ms))),
+                ("loss %", "#ff7f0e", pts(&|s| Some(s.rates.loss_percent))),
+            ],
+        ));
+    }
+    let table = esc(&text_table(r));
+    let params = esc(&serde_json::to_string_pretty(&r.params).unwrap_or_default());
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>moien-loadtest: {s} on {t}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:760px}}pre{{background:#f6f6f6;padding:12px;overflow-x:auto;font-size:12px}}svg{{display:block;margin:16px 0;border:1px solid #eee}}</style></head><body>
+<h1>{s} on {t}</h1>
+<p>{p} participants, {st} forwarded streams. Headline: <b>{ppc} forwarded packets per server CPU-second</b>.</p>
+<h2>Summary</h2><pre>{table}</pre>
+<h2>Charts</h2>{charts}
+<h2>Parameters</h2><pre>{params}</pre>
+<p>Machine: {cores} cores, {cpu}, kernel {kernel}. One-way latency is measured from the sender's write to the receiver's handling of the packet on the same clock; it includes both ends' network stacks.</p>
+</body></html>
+"#,
+        s = esc(&r.scenario),
+        t = esc(&r.target),
+        p = r.participants,
+        st = r.streams,
+        ppc = opt(r.rates.packets_per_cpu_second, 0),
+        charts = charts.join("\n"),
+        cores = r.machine.cores,
+        cpu = esc(&r.machine.cpu),
+        kernel = esc(&r.machine.kernel),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Scenario, ScenarioKind};
+
+    fn sample() -> RunResult {
+        RunResult {
+            scenario: "audio-conference".into(),
+            target: "moien".into(),
+            params: Scenario::defaults(ScenarioKind::AudioConference),
+            participants: 8,
+            receivers: 8,
+            receivers_with_media: 8,
+            streams: 56,
+            streams_received: 56,
+            window_seconds: 10.0,
+            rates: RateStats {
+                window_seconds: 10.0,
+                forwarded_packets: 10_000,
+                forwarded_packets_per_s: 1_000.0,
+                forwarded_mbit_per_s: 1.0,
+                sfu_cpu_seconds: Some(0.5),
+                sfu_cpu_percent: Some(5.0),
+                packets_per_cpu_second: Some(20_000.0),
+                mbit_per_cpu_second: Some(20.0),
+                ..Default::default()
+            },
+            latency: LatencyStats {
+                samples: 10,
+                p99_ms: 1.5,
+                ..Default::default()
+            },
+            jitter_ms: 0.3,
+            join: JoinStats::from_samples(&[100.0, 200.0]),
+            subscriber_kbps: Spread::of(&[10.0, 30.0]),
+            rss_bytes_start: Some(10 << 20),
+            rss_bytes_end: Some(12 << 20),
+            rss_bytes_per_participant: Some(262_144),
+            cpu_note: "n".into(),
+            sender_pacing: false,
+            interrupted: false,
+            errors: vec![],
+            ramp: None,
+            timeline: vec![TimelinePoint {
+                t_s: 1.0,
+                phase: "measure".into(),
+                participants: 8,
+                packets_per_s: 1_000.0,
+                mbit_per_s: 1.0,
+                loss_percent: 0.0,
+                p50_ms: 0.5,
+                p95_ms: 1.0,
+                p99_ms: 1.5,
+                sfu_cpu_percent: Some(5.0),
+                sfu_rss_bytes: Some(12 << 20),
+                loadtester_cpu_percent: Some(20.0),
+            }],
+            machine: Machine::detect(),
+        }
+    }
+
+    #[test]
+    fn bench_record_has_the_required_fields() {
+        let v = serde_json::to_value(sample().bench_record()).unwrap();
+        for k in [
+            "scenario",
+            "target",
+            "participants",
+            "forwarded_packets_per_s",
+            "sfu_cpu_seconds",
+            "packets_per_cpu_second",
+            "mbit_per_cpu_second",
+            "p99_latency_ms",
+            "loss_percent",
+            "join_p95_ms",
+            "rss_bytes_per_participant",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["packets_per_cpu_second"], 20_000.0);
+        assert_eq!(v["join_p95_ms"], 200.0);
+    }
+
+    #[test]
+    fn html_is_self_contained() {
+        let h = html(&sample());
+        assert!(h.starts_with("<!doctype html>"));
+        assert!(h.contains("<svg") && h.contains("polyline"));
+        assert!(
+            !h.contains("http://") || !h.contains("src=\"http"),
+            "no remote assets"
+        );
+        assert!(!h.contains("<script src"));
+        assert!(!h.contains("https://"));
+    }
+
+    #[test]
+    fn table_and_comparison() {
+        let r = sample();
+        let t = text_table(&r);
+        assert!(t.contains("packets per server CPU-second"));
+        assert!(t.contains("20000"));
+        let mut j = r.bench_record();
+        j.target = "janus".into();
+        j.packets_per_cpu_second = Some(8_000.0);
+        let c = comparison(&[r.bench_record(), j]);
+        assert!(c.contains("2.50x"), "{c}");
+    }
+
+    #[test]
+    fn results_file_replaces_same_run() {
+        let dir = std::env::temp_dir().join(format!("moien-lt-{}", std::process::id()));
+        let path = dir.join("results.json");
+        let _ = std::fs::remove_file(&path);
+        let r = sample().bench_record();
+        append_record(&path, r.clone()).unwrap();
+        append_record(&path, r.clone()).unwrap();
+        let mut other = r.clone();
+        other.target = "bare".into();
+        append_record(&path, other).unwrap();
+        let all: Vec<BenchRecord> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(all.len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn chart_scales_and_escapes() {
+        let s = svg_chart(
+            "a<b",
+            "x",
+            "y",
+            &[("s", "#000", vec![(0.0, 1.0), (2.0, 3.0)])],
+        );
+        assert!(s.contains("a&lt;b"));
+        assert!(s.contains("<polyline"));
+        let empty = svg_chart("e", "x", "y", &[("s", "#000", vec![])]);
+        assert!(empty.ends_with("</svg>"));
+        assert_eq!(nice_ceiling(7.3), 10.0);
+        assert_eq!(nice_ceiling(0.18), 0.2);
+    }
+}
