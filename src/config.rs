@@ -17,6 +17,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub turn: turn::TurnConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,6 +41,30 @@ impl Default for LogConfig {
         LogConfig {
             level: "info,str0m=warn,is=warn,dimpl=warn".into(),
             format: "text".into(),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus listener (`/metrics`, `/status`), never the signaling port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listener of `/metrics` and `/status`. Port 0 picks a free port.
+    pub listen: std::net::SocketAddr,
+    /// Value of the `node` label on every metric; empty = the host name.
+    pub node: String,
+}
+
+/// Where metrics are served unless configured otherwise (the OpenTelemetry/Prometheus exporter
+/// port, loopback only).
+pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: DEFAULT_METRICS_LISTEN,
+            node: String::new(),
         }
     }
 }

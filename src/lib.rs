@@ -2,6 +2,8 @@
 //! process. Tests start a whole node through [`Node::start`] exactly as `moien serve` does.
 
 pub mod config;
+pub mod metrics;
+pub mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use moien_protocol::IceServer;
 use moien_sfu::MediaNode;
+use moien_signaling::metrics::SignalingMetrics;
 use moien_signaling::{IceProvider, Server};
 
 pub use config::Config;
@@ -34,8 +37,12 @@ pub struct Node {
     pub media_addrs: Vec<SocketAddr>,
     pub media: Option<Arc<MediaNode>>,
     pub turn: Option<turn::TurnHandle>,
+    /// Every metric of this node, labelled `node`.
     pub registry: prometheus::Registry,
+    /// Where `/metrics` and `/status` are served (never the signaling port).
+    pub metrics_addr: SocketAddr,
     server: Option<Server>,
+    metrics: metrics::MetricsServer,
 }
 
 impl Node {
@@ -49,7 +56,12 @@ impl Node {
             !config.auth.secret.is_empty() || !config.turn.secrets.is_empty(),
             "no API secret: set [auth] secret, MOIEN_SECRET or --secret (or use --dev)"
         );
-        let registry = prometheus::Registry::new();
+        let registry = metrics::node_registry(&metrics::node_name(&config.metrics))
+            .context("metrics registry")?;
+        metrics::register_process(&registry).context("process metrics")?;
+        // Bound first: a configured metrics address that is taken stops the start here.
+        let metrics =
+            metrics::MetricsServer::start(config.metrics.listen, registry.clone()).await?;
         let media = if role == Role::All {
             anyhow::ensure!(
                 !config.auth.secret.is_empty(),
@@ -60,6 +72,12 @@ impl Node {
             None
         };
         let media_addrs = media.as_ref().map(|m| m.media_addrs()).unwrap_or_default();
+        if let Some(m) = &media {
+            let collector = metrics::SfuCollector::new(m.clone()).context("SFU metrics")?;
+            registry
+                .register(Box::new(collector))
+                .context("SFU metrics")?;
+        }
 
         let turn = start_turn(&config, &media_addrs, &registry).await?;
         let ice = turn
@@ -70,7 +88,11 @@ impl Node {
             Some(media) => {
                 let mut signaling = config.signaling.clone();
                 signaling.secret = config.auth.secret.clone();
-                let server = Server::start(signaling, media.clone(), ice)
+                let signaling_metrics = SignalingMetrics::new();
+                signaling_metrics
+                    .register(&registry)
+                    .context("signaling metrics")?;
+                let server = Server::start(signaling, media.clone(), ice, signaling_metrics)
                     .await
                     .with_context(|| format!("binding HTTP {}", config.signaling.listen))?;
                 let http = server.local_addr;
@@ -84,7 +106,9 @@ impl Node {
             media,
             turn,
             registry,
+            metrics_addr: metrics.local_addr,
             server,
+            metrics,
         })
     }
 
@@ -97,6 +121,7 @@ impl Node {
             t.shutdown().await;
         }
         drop(self.media);
+        self.metrics.shutdown().await;
     }
 }
 

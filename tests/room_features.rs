@@ -31,9 +31,10 @@ fn first_speaker(r: &Report) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loudest_is_announced_first_within_a_second() {
     let node = start_node().await;
-    let mut a = audio_only(&node, "talk", "a", 50).await;
-    let b = audio_only(&node, "talk", "b", 45).await;
-    let c = audio_only(&node, "talk", "c", 40).await;
+    // Levels in -dBov: c is clearly (more than the 6 dB hysteresis) louder than a and b.
+    let mut a = audio_only(&node, "talk", "a", 58).await;
+    let b = audio_only(&node, "talk", "b", 55).await;
+    let c = audio_only(&node, "talk", "c", 35).await;
     let d = audio_only(&node, "talk", "d", 127).await;
     let (cs, ds) = (c.participant.sid.clone(), d.participant.sid.clone());
     // The quiet ones speak; c is the loudest of them.

@@ -111,6 +111,7 @@ fn spawn(driver: Driver, report: Arc<Mutex<Report>>, changed: watch::Receiver<u6
         commands,
         task,
         participant: ParticipantInfo {
+            metadata: String::new(),
             sid: String::new(),
             identity: String::new(),
             name: String::new(),

@@ -6,6 +6,7 @@
 pub mod external;
 pub mod media;
 mod peer;
+pub mod relay;
 pub mod shaper;
 pub mod speech;
 
@@ -31,6 +32,8 @@ use tracing::debug;
 
 use crate::media::{OPUS_FRAME, OpusSink, OpusTone, VideoShape, Vp8Source, check_vp8};
 use crate::peer::Peer;
+pub use crate::relay::RelayConfig;
+use crate::relay::RelayTarget;
 use crate::shaper::Shaper;
 use crate::speech::{SpeechPattern, SpeechSource};
 
@@ -70,6 +73,13 @@ pub struct ClientConfig {
     pub tone_level: u8,
     /// Publish VP9 with this many temporal layers (SVC, L1Tn) instead of VP8.
     pub vp9_temporal: Option<u8>,
+    /// Relay every peer connection through a TURN server (UDP), with a relayed candidate only,
+    /// like a browser with `iceTransportPolicy: "relay"`.
+    pub relay: Option<RelayConfig>,
+    /// Drop this fraction (0..1) of the RTP/RTCP datagrams arriving on the subscriber
+    /// connection, at random: network loss on the last mile, for tests and the probe's drills.
+    /// Connectivity checks and DTLS are spared.
+    pub downlink_loss: f64,
 }
 
 /// What a receiver saw of one RTP packet, handed to a [`PacketObserver`].
@@ -91,6 +101,8 @@ pub struct ReceivedPacket<'a> {
     pub keyframe_start: bool,
     /// RFC 6464 level (-dBov) when the packet carried one.
     pub audio_level: Option<i8>,
+    /// The RTP payload (for audio, the Opus packet: the probe decodes it).
+    pub payload: &'a [u8],
 }
 
 /// A callback for every received RTP packet. It runs on the client's task: keep it short.
@@ -128,6 +140,8 @@ impl ClientConfig {
             e2ee_key: None,
             tone_level: 30,
             vp9_temporal: None,
+            relay: None,
+            downlink_loss: 0.0,
         }
     }
 }
@@ -280,7 +294,7 @@ pub struct Client {
 
 impl Client {
     /// Connects, joins and (if configured) publishes. Returns once `joined` arrived.
-    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+    pub async fn connect(mut config: ClientConfig) -> Result<Client, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(config.url.as_str()).await?;
         let (mut sink, mut stream) = ws.split();
         let join = ClientMessage::Join {
@@ -314,10 +328,22 @@ impl Client {
                 None => return Err(ClientError::Protocol("closed before joined".into())),
             }
         };
-        let ServerMessage::Joined { participant, .. } = &joined else {
+        let ServerMessage::Joined {
+            participant,
+            ice_servers,
+            ..
+        } = &joined
+        else {
             unreachable!("matched above")
         };
         let participant = participant.clone();
+        if config.relay == Some(RelayConfig::FromServer) {
+            let turn = ice_servers
+                .iter()
+                .find(|s| s.urls.iter().any(|u| u.starts_with("turn:")))
+                .ok_or_else(|| ClientError::Protocol("joined offers no TURN server".into()))?;
+            config.relay = Some(RelayConfig::Server(turn.clone()));
+        }
         let report = Arc::new(Mutex::new(Report {
             me: Some(participant.clone()),
             joined_at: Some(Instant::now()),
@@ -407,6 +433,7 @@ impl Client {
         driver.accept_http_answer(&kind, answer)?;
         driver.delete_url = location.map(|l| (l, token));
         let participant = ParticipantInfo {
+            metadata: String::new(),
             sid: driver
                 .delete_url
                 .as_ref()
@@ -582,12 +609,21 @@ impl Driver {
         changed: watch::Sender<u64>,
     ) -> Result<Driver, ClientError> {
         let publishing = config.publish_audio || config.publish_video;
+        let relay = match &config.relay {
+            None => None,
+            Some(RelayConfig::Server(ice)) => Some(RelayTarget::resolve(ice).await?),
+            Some(RelayConfig::FromServer) => {
+                return Err(ClientError::Protocol(
+                    "relay from the server's ICE servers needs a WebSocket join".into(),
+                ));
+            }
+        };
         let publisher = if publishing {
-            Some(Peer::new(config.bind_ip, config.pace_publisher).await?)
+            Some(Peer::new(config.bind_ip, config.pace_publisher, relay.as_ref()).await?)
         } else {
             None
         };
-        let subscriber = Peer::new(config.bind_ip, true).await?;
+        let subscriber = Peer::new(config.bind_ip, true, relay.as_ref()).await?;
         let speech = match config.speech {
             Some(pattern) if config.publish_audio => {
                 Some(SpeechSource::new(pattern).map_err(|e| ClientError::Protocol(e.to_string()))?)
@@ -757,6 +793,7 @@ impl Driver {
                 r = subscriber_socket.recv_from(&mut buf_sub) => {
                     if let Ok((n, src)) = r
                         && !self.silent
+                        && !lost(self.config.downlink_loss, &buf_sub[..n])
                     {
                         match self.shaper.as_mut() {
                             Some(sh) => sh.push(Instant::now(), src, &buf_sub[..n]),
@@ -1319,6 +1356,7 @@ impl Driver {
                 sent_at_us: parsed.map(|c| c.sent_at_us),
                 keyframe_start: parsed.is_some_and(|c| c.keyframe_start),
                 audio_level: pkt.header.ext_vals.audio_level,
+                payload: &pkt.payload,
             });
         }
         self.with_report(|r| {
@@ -1417,6 +1455,13 @@ fn track_first_keyframe(t: &mut TrackReport, c: media::VideoCheck, marker: bool,
     {
         t.first_keyframe_complete_at = Some(now);
     }
+}
+
+/// Injected downlink loss: RTP/RTCP datagrams (first byte 128-191, RFC 7983) only.
+fn lost(ratio: f64, datagram: &[u8]) -> bool {
+    ratio > 0.0
+        && datagram.first().is_some_and(|b| (128..=191).contains(b))
+        && rand::random::<f64>() < ratio
 }
 
 async fn recv_opt(

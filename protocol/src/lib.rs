@@ -65,6 +65,9 @@ pub struct ParticipantInfo {
     /// Display name from the access token, empty when absent.
     #[serde(default)]
     pub name: String,
+    /// Application metadata (set by the token or the admin API), opaque to Moien.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
     #[serde(default)]
     pub tracks: Vec<TrackInfo>,
 }
@@ -207,6 +210,19 @@ pub enum ServerMessage {
         track_sid: String,
         muted: bool,
     },
+    /// A participant lost its signaling connection and may come back within the resume window
+    /// (`reconnecting`), or came back (`connected`). Its tracks stay in place meanwhile.
+    ParticipantConnection {
+        participant_sid: String,
+        state: ConnectionState,
+    },
+    /// A participant's metadata or permissions changed (also sent to the participant itself).
+    ParticipantUpdated {
+        participant: ParticipantInfo,
+        /// Present in the message to the participant itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        permissions: Option<Permissions>,
+    },
     Pong {
         timestamp: u64,
     },
@@ -248,6 +264,22 @@ pub enum ServerMessage {
 pub struct PublishedTrack {
     pub mid: String,
     pub track: TrackInfo,
+}
+
+/// Whether a participant's signaling connection is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    Connected,
+    Reconnecting,
+}
+
+/// What a participant may do (from its token; changed by the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub publish_data: bool,
 }
 
 /// One entry of `active_speakers`.
@@ -325,6 +357,12 @@ pub enum LeaveReason {
     DuplicateIdentity,
     /// The server is shutting down.
     ServerShutdown,
+    /// An administrator removed it (admin API).
+    RemovedByAdmin,
+    /// The room was closed (admin API).
+    RoomClosed,
+    /// It was away longer than the resume window allows.
+    ResumeExpired,
 }
 
 /// Stable error codes. Clients match on these, never on `message`.
@@ -349,6 +387,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The client sends faster than the server allows.
     RateLimited,
+    /// The room has as many participants as it may.
+    RoomFull,
     /// The server could not serve the request (overloaded or shutting down).
     Unavailable,
     /// An unexpected server fault; the session may continue.
@@ -361,7 +401,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidSdp => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::RoomFull => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::InvalidState => 409,
             ErrorCode::UnsupportedVersion => 426,
@@ -383,6 +423,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomFull => "room_full",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -442,6 +483,7 @@ mod tests {
             ErrorCode::UnsupportedVersion,
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
+            ErrorCode::RoomFull,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ] {

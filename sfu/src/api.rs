@@ -18,6 +18,81 @@ pub struct ParticipantSpec {
     pub kind: ParticipantKind,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// May send data messages.
+    pub can_publish_data: bool,
+    /// Not announced to the room (an observer), though it receives everything.
+    pub hidden: bool,
+    /// Application metadata, shown to the room.
+    pub metadata: String,
+    /// Refuse the join (`room_full`) when the room already has this many participants.
+    pub max_participants: Option<u32>,
+}
+
+impl ParticipantSpec {
+    /// A participant with the usual grants: publish and subscribe as given, data with publish.
+    pub fn new(
+        identity: impl Into<String>,
+        room: impl Into<String>,
+        kind: ParticipantKind,
+        can_publish: bool,
+        can_subscribe: bool,
+    ) -> Self {
+        ParticipantSpec {
+            identity: identity.into(),
+            name: String::new(),
+            room: room.into(),
+            kind,
+            can_publish,
+            can_subscribe,
+            can_publish_data: can_publish,
+            hidden: false,
+            metadata: String::new(),
+            max_participants: None,
+        }
+    }
+}
+
+/// What happened in a room, for webhooks and the room registry. Bounded: if nobody reads, events
+/// are dropped (and counted), never the media.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NodeEvent {
+    ParticipantJoined {
+        room: String,
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        room: String,
+        participant: ParticipantInfo,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        room: String,
+        participant: ParticipantInfo,
+        track: moien_protocol::TrackInfo,
+    },
+    TrackUnpublished {
+        room: String,
+        participant: ParticipantInfo,
+        track: moien_protocol::TrackInfo,
+    },
+    /// The last participant left the room on this node.
+    RoomEmpty { room: String },
+}
+
+/// A room as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub name: String,
+    pub participants: usize,
+    pub published_tracks: usize,
+}
+
+/// Changes an administrator makes to a participant; `None` keeps the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantUpdate {
+    pub permissions: Option<moien_protocol::Permissions>,
+    pub metadata: Option<String>,
 }
 
 /// How a participant reaches us.
@@ -67,6 +142,8 @@ pub enum SfuError {
     InvalidState(String),
     #[error("media node unavailable: {0}")]
     Unavailable(String),
+    #[error("the room is full ({0} participants)")]
+    RoomFull(u32),
 }
 
 impl SfuError {
@@ -78,6 +155,7 @@ impl SfuError {
             SfuError::Forbidden(_) => ErrorCode::Forbidden,
             SfuError::InvalidState(_) => ErrorCode::InvalidState,
             SfuError::Unavailable(_) => ErrorCode::Unavailable,
+            SfuError::RoomFull(_) => ErrorCode::RoomFull,
         }
     }
 }
@@ -115,4 +193,43 @@ pub(crate) enum Request {
         prefs: SubscriptionPrefs,
     },
     Leave(LeaveReason, Reply<()>),
+    /// The signaling connection dropped: keep the participant for `window`, others see it
+    /// reconnecting.
+    Detach(std::time::Duration, Reply<()>),
+    /// The participant came back: new event sink; the answer is a fresh room snapshot, and the
+    /// subscriber connection is offered again with an ICE restart.
+    Resume(EventSender, Reply<Joined>),
+}
+
+/// Requests about a room or the node, for the admin API.
+#[derive(Debug)]
+pub(crate) enum AdminRequest {
+    ListRooms(Reply<Vec<RoomSummary>>),
+    Participants(String, Reply<Vec<ParticipantInfo>>),
+    Remove {
+        room: String,
+        identity: String,
+        reply: Reply<()>,
+    },
+    MuteTrack {
+        room: String,
+        identity: String,
+        track_sid: String,
+        muted: bool,
+        reply: Reply<()>,
+    },
+    Update {
+        room: String,
+        identity: String,
+        update: ParticipantUpdate,
+        reply: Reply<ParticipantInfo>,
+    },
+    SendData {
+        room: String,
+        to: Vec<String>,
+        topic: String,
+        data: String,
+        reply: Reply<usize>,
+    },
+    CloseRoom(String, Reply<usize>),
 }

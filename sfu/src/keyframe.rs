@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
 
+/// H.264 NAL unit type of a sequence parameter set.
+const H264_SPS: u8 = 7;
+
 /// How many leading payload bytes the E2EE convention leaves in clear on a VP8 keyframe.
 pub const VP8_CLEAR_BYTES: usize = 10;
 
@@ -21,7 +24,10 @@ pub fn is_keyframe_start(codec: Codec, payload: &[u8]) -> bool {
             str0m::format::detect_vp8_keyframe(&payload[..n])
         }
         Codec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
-        Codec::H264 => str0m::format::detect_h264_keyframe(payload),
+        // The parameter sets (SPS, then PPS) travel just before the IDR picture and a switch
+        // must start with them: the layers share parameter-set ids, so a decoder that keeps the
+        // old layer's SPS decodes the new one at the wrong size. NAL headers stay in clear.
+        Codec::H264 => str0m::format::detect_h264_nalu(payload, H264_SPS),
         Codec::H265 => str0m::format::detect_h265_keyframe(payload),
         Codec::Av1 => str0m::format::detect_av1_keyframe(payload),
         _ => false,
@@ -99,6 +105,17 @@ mod tests {
         assert!(!is_keyframe_start(Codec::Vp8, &cont));
         assert!(!is_keyframe_start(Codec::Vp8, &[]));
         assert!(!is_keyframe_start(Codec::Opus, &key));
+    }
+
+    #[test]
+    fn h264_keyframes_start_at_the_parameter_sets() {
+        // STAP-A (24) carrying SPS (0x67) and PPS (0x68): the start of a keyframe.
+        let stap = [24u8, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+        assert!(is_keyframe_start(Codec::H264, &stap));
+        // The IDR slice itself (single NAL, type 5) comes after: not where a switch starts.
+        assert!(!is_keyframe_start(Codec::H264, &[0x65, 0x88, 0x84]));
+        assert!(!is_keyframe_start(Codec::H264, &[0x41, 0x9a]));
+        assert!(!is_keyframe_start(Codec::H264, &[]));
     }
 
     #[test]

@@ -121,11 +121,10 @@ impl SvcSelector {
                 switched = true;
             }
             Some((cs, ct)) => {
-                // Up in space: at a keyframe, or a switch point of the target spatial layer.
-                if ts > cs
-                    && p.start_of_frame
-                    && (p.keyframe || (p.switch_point && p.spatial == ts))
-                {
+                // Up in space only at a keyframe: with K-SVC (L3T3_KEY) the upper layers refer
+                // to the lower ones only at keyframes. (The descriptor's U bit is a temporal
+                // switch point, not a spatial one.)
+                if ts > cs && p.start_of_frame && p.keyframe {
                     self.current = Some((ts, tt));
                 } else if tt > ct
                     && p.start_of_frame
@@ -222,13 +221,22 @@ mod tests {
             s.on_packet(pkt(0, 0, false)),
             Verdict::Forward { switched: false }
         );
-        // Up in space waits for a keyframe or a switch point of the new spatial layer.
+        // Up in space waits for a keyframe, not for a temporal switch point.
         s.set_target(Some((2, 2)));
         assert!(s.needs_keyframe());
         assert_eq!(s.on_packet(pkt(2, 0, false)), Verdict::Drop);
-        let mut sp = pkt(2, 0, false);
+        let mut sp = pkt(0, 0, false);
         sp.switch_point = true;
         assert_eq!(s.on_packet(sp), Verdict::Forward { switched: false });
+        assert_eq!(
+            s.current(),
+            Some((0, 2)),
+            "temporal up, spatial still waits"
+        );
+        assert_eq!(
+            s.on_packet(pkt(0, 0, true)),
+            Verdict::Forward { switched: false }
+        );
         assert_eq!(s.current(), Some((2, 2)));
     }
 

@@ -31,14 +31,15 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 pub use api::{
-    Answer, EventSender, Joined, Offer, ParticipantKind, ParticipantSpec, SfuError,
-    SubscriptionPrefs,
+    Answer, EventSender, Joined, NodeEvent, Offer, ParticipantKind, ParticipantSpec,
+    ParticipantUpdate, RoomSummary, SfuError, SubscriptionPrefs,
 };
 pub use config::MediaConfig;
 pub use session::{RtcFactory, SessionRole};
 pub use worker::WorkerSnapshot;
 
-use api::Request;
+use api::{AdminRequest, Request};
+use moien_protocol::ParticipantInfo;
 use session::PreparedSession;
 use worker::WorkerHandle;
 use worker::core::{Command, Placement};
@@ -56,13 +57,19 @@ pub struct MediaNode {
     placement: Placement,
     factory: RtcFactory,
     next_session: AtomicU64,
+    /// Room events of every worker, until someone takes them (webhooks).
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<NodeEvent>>>,
 }
+
+/// Room events queued for the consumer (webhooks) before the oldest are dropped.
+const NODE_EVENT_QUEUE: usize = 4096;
 
 impl MediaNode {
     /// Binds every worker's socket and starts the worker threads.
     pub fn start(config: MediaConfig) -> std::io::Result<Arc<MediaNode>> {
         let placement: Placement = Arc::new(DashMap::new());
         let factory = RtcFactory::new();
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(NODE_EVENT_QUEUE);
         let mut workers = Vec::new();
         for index in 0..config.worker_count() {
             let socket = worker::bind(&config, index)?;
@@ -78,6 +85,7 @@ impl MediaNode {
                 socket,
                 advertised,
                 placement.clone(),
+                events_tx.clone(),
             )?);
         }
         info!(workers = workers.len(), "media plane started");
@@ -86,6 +94,7 @@ impl MediaNode {
             placement,
             factory,
             next_session: AtomicU64::new(1),
+            events: std::sync::Mutex::new(Some(events_rx)),
         }))
     }
 
@@ -231,6 +240,160 @@ impl MediaNode {
             .send(cmd)
             .await
             .map_err(|_| SfuError::Unavailable("media worker stopped".into()))
+    }
+
+    /// The participant's signaling connection dropped: keep it for `window` (others see it
+    /// reconnecting) so that it can [`MediaNode::resume`].
+    pub async fn detach(
+        &self,
+        p: &ParticipantRef,
+        window: std::time::Duration,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(p, Request::Detach(window, reply)).await?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
+    }
+
+    /// A detached participant is back with a new event sink: returns the room as it is now;
+    /// a subscribe offer with an ICE restart follows on `events`.
+    pub async fn resume(
+        &self,
+        p: &ParticipantRef,
+        events: EventSender,
+    ) -> Result<Joined, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(p, Request::Resume(events, reply)).await?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
+    }
+
+    /// Takes the stream of room events (once; later calls get `None`).
+    pub fn take_events(&self) -> Option<tokio::sync::mpsc::Receiver<NodeEvent>> {
+        self.events.lock().ok()?.take()
+    }
+
+    /// Every room on this node.
+    pub async fn rooms(&self) -> Vec<RoomSummary> {
+        let mut all = Vec::new();
+        for w in &self.workers {
+            let (reply, rx) = oneshot::channel();
+            if w.commands
+                .send(Command::Admin(AdminRequest::ListRooms(reply)))
+                .await
+                .is_ok()
+                && let Ok(Ok(rooms)) = rx.await
+            {
+                all.extend(rooms);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The participants of a room (observers and WHEP viewers excluded).
+    pub async fn participants(&self, room: &str) -> Result<Vec<ParticipantInfo>, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.admin(
+            room,
+            AdminRequest::Participants(room.to_string(), reply),
+            rx,
+        )
+        .await
+    }
+
+    pub async fn remove_participant(&self, room: &str, identity: &str) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        let req = AdminRequest::Remove {
+            room: room.to_string(),
+            identity: identity.to_string(),
+            reply,
+        };
+        self.admin(room, req, rx).await
+    }
+
+    pub async fn mute_track(
+        &self,
+        room: &str,
+        identity: &str,
+        track_sid: &str,
+        muted: bool,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        let req = AdminRequest::MuteTrack {
+            room: room.to_string(),
+            identity: identity.to_string(),
+            track_sid: track_sid.to_string(),
+            muted,
+            reply,
+        };
+        self.admin(room, req, rx).await
+    }
+
+    pub async fn update_participant(
+        &self,
+        room: &str,
+        identity: &str,
+        update: ParticipantUpdate,
+    ) -> Result<ParticipantInfo, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        let req = AdminRequest::Update {
+            room: room.to_string(),
+            identity: identity.to_string(),
+            update,
+            reply,
+        };
+        self.admin(room, req, rx).await
+    }
+
+    /// Sends a data message from the server to the room (or to the named identities/sids).
+    /// Returns how many participants got it.
+    pub async fn send_data(
+        &self,
+        room: &str,
+        to: Vec<String>,
+        topic: String,
+        data: String,
+    ) -> Result<usize, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        let req = AdminRequest::SendData {
+            room: room.to_string(),
+            to,
+            topic,
+            data,
+            reply,
+        };
+        self.admin(room, req, rx).await
+    }
+
+    /// Ends the call for everyone in the room. Returns how many were removed.
+    pub async fn close_room(&self, room: &str) -> Result<usize, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        match self
+            .admin(room, AdminRequest::CloseRoom(room.to_string(), reply), rx)
+            .await
+        {
+            Err(SfuError::NotFound(_)) => Ok(0),
+            r => r,
+        }
+    }
+
+    async fn admin<T>(
+        &self,
+        room: &str,
+        request: AdminRequest,
+        rx: oneshot::Receiver<Result<T, SfuError>>,
+    ) -> Result<T, SfuError> {
+        let Some(index) = self.placement.get(room).map(|e| e.0) else {
+            return Err(SfuError::NotFound(format!("room {room:?} has nobody")));
+        };
+        self.workers[index]
+            .commands
+            .send(Command::Admin(request))
+            .await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?;
+        rx.await
+            .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
     }
 
     /// Picks the worker for a room (the one that has it, else the least loaded) and counts one

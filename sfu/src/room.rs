@@ -32,11 +32,19 @@ pub(crate) struct Participant {
     pub kind: ParticipantKind,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    pub can_publish_data: bool,
+    /// Observer: not announced (set by the token's `hidden` grant; WHEP viewers always are).
+    pub observer: bool,
+    pub metadata: String,
     pub publisher: Option<SessionId>,
     /// The subscriber session (WebSocket participants) or the WHEP session.
     pub subscriber: Option<SessionId>,
     pub tracks: Vec<TrackId>,
     pub subscriptions: Vec<SubscriptionId>,
+    /// When it joined, until its first connection is up (then the join time is measured).
+    pub joined_at: Option<Instant>,
+    /// Signaling dropped at this time; the participant may resume within the window.
+    pub detached: Option<(Instant, std::time::Duration)>,
     /// Rate limit of the data messages it sends.
     pub data_limiter: crate::worker::core::DataLimiter,
     pub events: Option<EventSender>,
@@ -45,7 +53,7 @@ pub(crate) struct Participant {
 impl Participant {
     /// WHEP viewers are nobody's business but their own.
     pub fn hidden(&self) -> bool {
-        matches!(self.kind, ParticipantKind::Whep { .. })
+        self.observer || matches!(self.kind, ParticipantKind::Whep { .. })
     }
 }
 
@@ -206,6 +214,7 @@ pub(crate) fn participant_info(
         sid: p.sid.clone(),
         identity: p.identity.clone(),
         name: p.name.clone(),
+        metadata: p.metadata.clone(),
         tracks: p
             .tracks
             .iter()

@@ -128,6 +128,8 @@ pub(crate) struct Session {
     pub participant: u64,
     pub rtc: Box<Rtc>,
     pub ufrag: String,
+    /// Credentials of earlier ICE generations (restarts), still routed until the session ends.
+    pub old_ufrags: Vec<String>,
     /// Remote addresses learned for this session (bounded), to clean the demux map.
     pub addrs: Vec<SocketAddr>,
     /// Deadline `poll_output` last asked for.
@@ -141,6 +143,8 @@ pub(crate) struct Session {
     pub pending_offer: Option<SdpPendingOffer>,
     pub offer_sent_at: Option<Instant>,
     pub needs_offer: bool,
+    /// The next subscribe offer restarts ICE (after a resume).
+    pub ice_restart: bool,
     /// Subscriber sessions: the data channels went out in an offer, and their ids.
     pub channel_added: bool,
     pub channels: crate::worker::core::Channels,
@@ -156,6 +160,8 @@ pub(crate) struct Session {
     pub whep_slots: Vec<(Mid, moien_protocol::TrackKind)>,
     /// Set when str0m returned an error or panicked: the session is removed.
     pub failed: bool,
+    /// Last cumulative NACK counts str0m reported per stream (egress: true).
+    pub nack_counts: HashMap<(Mid, Option<str0m::media::Rid>, bool), u64>,
     /// Sending sessions: the bandwidth estimate toward the client, bit/s.
     pub bwe_bps: u64,
     pub last_allocation: Option<Instant>,
@@ -177,6 +183,7 @@ impl Session {
             participant,
             rtc: prepared.rtc,
             ufrag: prepared.ufrag,
+            old_ufrags: Vec::new(),
             addrs: Vec::new(),
             timeout: None,
             connected: false,
@@ -186,6 +193,7 @@ impl Session {
             pending_offer: None,
             offer_sent_at: None,
             needs_offer: false,
+            ice_restart: false,
             channel_added: false,
             channels: Default::default(),
             to_stop: Vec::new(),
@@ -194,6 +202,7 @@ impl Session {
             send_subs: HashMap::new(),
             whep_slots: Vec::new(),
             failed: false,
+            nack_counts: HashMap::new(),
             bwe_bps: INITIAL_BWE_BPS,
             last_allocation: None,
             last_probe: None,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod web;
 pub mod whip;
 pub mod ws;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub config: Arc<SignalingConfig>,
     pub media: Arc<MediaNode>,
     pub ice: Option<IceProvider>,
+    pub metrics: metrics::SignalingMetrics,
 }
 
 impl AppState {
@@ -79,6 +81,13 @@ pub fn router(state: AppState) -> Router {
     if state.config.dev {
         app = app.route("/dev/token", get(dev_token));
     }
+    // Counted by route template; unmatched paths under one label (raw paths name rooms).
+    let app = app
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track_http,
+        ))
+        .fallback(not_found);
     app.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -131,6 +140,15 @@ async fn dev_token(State(state): State<AppState>, Query(q): Query<DevTokenQuery>
     }
 }
 
+async fn not_found(State(state): State<AppState>) -> axum::http::StatusCode {
+    let status = axum::http::StatusCode::NOT_FOUND;
+    let now = std::time::Instant::now();
+    state
+        .metrics
+        .http_request(metrics::UNMATCHED_ROUTE, status.as_u16(), now);
+    status
+}
+
 /// A running HTTP server.
 pub struct Server {
     pub local_addr: SocketAddr,
@@ -144,6 +162,7 @@ impl Server {
         config: SignalingConfig,
         media: Arc<MediaNode>,
         ice: Option<IceProvider>,
+        metrics: metrics::SignalingMetrics,
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
@@ -151,6 +170,7 @@ impl Server {
             config: Arc::new(config),
             media,
             ice,
+            metrics,
         };
         let app = router(state);
         let (tx, mut rx) = watch::channel(false);

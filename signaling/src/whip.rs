@@ -66,9 +66,11 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims
         .unwrap_or("");
     let claims = auth::verify(&state.config.secret, token.trim()).map_err(|e| {
         debug!(reason = e.reason(), "WHIP/WHEP token refused");
+        state.metrics.auth_failure(e.reason());
         Refusal::Unauthorized(e.to_string())
     })?;
     if claims.room != room {
+        state.metrics.auth_failure("wrong_room");
         let msg = "the token is for another room".to_string();
         return Err(Refusal::Code(ErrorCode::Forbidden, msg));
     }
@@ -138,6 +140,7 @@ pub async fn whip_post(
         Err(r) => return r.into_response(),
     };
     if !claims.grants.publish {
+        state.metrics.auth_failure("no_grant");
         return error(ErrorCode::Forbidden, "the token has no publish grant");
     }
     let sdp = match read_offer(&headers, &body) {
@@ -152,6 +155,10 @@ pub async fn whip_post(
         kind: ParticipantKind::Whip,
         can_publish: true,
         can_subscribe: false,
+        can_publish_data: false,
+        hidden: false,
+        metadata: String::new(),
+        max_participants: None,
     };
     let offer = Offer {
         sdp,
@@ -159,6 +166,7 @@ pub async fn whip_post(
     };
     match state.media.join(spec, None, Some(offer)).await {
         Ok((me, joined)) => {
+            state.metrics.session("whip");
             let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
             created(answer, format!("/whip/{}/{}", room, me.sid), &ice)
         }
@@ -188,6 +196,7 @@ pub async fn whep_post(
         Err(r) => return r.into_response(),
     };
     if !claims.grants.subscribe {
+        state.metrics.auth_failure("no_grant");
         return error(ErrorCode::Forbidden, "the token has no subscribe grant");
     }
     let sdp = match read_offer(&headers, &body) {
@@ -204,6 +213,10 @@ pub async fn whep_post(
         },
         can_publish: false,
         can_subscribe: true,
+        can_publish_data: false,
+        hidden: true,
+        metadata: String::new(),
+        max_participants: None,
     };
     let offer = Offer {
         sdp,
@@ -211,6 +224,7 @@ pub async fn whep_post(
     };
     match state.media.join(spec, None, Some(offer)).await {
         Ok((me, joined)) => {
+            state.metrics.session("whep");
             let answer = joined.answer.map(|a| a.sdp).unwrap_or_default();
             created(
                 answer,

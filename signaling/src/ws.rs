@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::auth;
+use crate::metrics::SignalingMetrics;
 
 /// Hard ceiling for one frame or message at the WebSocket layer; anything between
 /// [`MAX_MESSAGE_BYTES`] and this is read, then refused with close code 1009.
@@ -77,9 +78,12 @@ async fn next(stream: &mut Stream) -> Incoming {
     }
 }
 
-async fn send(sink: &mut Sink, msg: &ServerMessage) -> bool {
+async fn send(sink: &mut Sink, metrics: &SignalingMetrics, msg: &ServerMessage) -> bool {
     match serde_json::to_string(msg) {
-        Ok(text) => sink.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => {
+            metrics.message_out(&text);
+            sink.send(Message::Text(text.into())).await.is_ok()
+        }
         Err(_) => false,
     }
 }
@@ -94,12 +98,20 @@ async fn close(sink: &mut Sink, code: u16, reason: &'static str) {
     let _ = sink.close().await;
 }
 
-async fn fail(sink: &mut Sink, code: ErrorCode, message: impl Into<String>, close_code: u16) {
-    send(sink, &ServerMessage::error(code, message)).await;
+async fn fail(
+    sink: &mut Sink,
+    metrics: &SignalingMetrics,
+    code: ErrorCode,
+    message: impl Into<String>,
+    close_code: u16,
+) {
+    send(sink, metrics, &ServerMessage::error(code, message)).await;
     close(sink, close_code, code.as_str()).await;
 }
 
 async fn session(socket: WebSocket, state: AppState) {
+    let metrics = state.metrics.clone();
+    let _open = metrics.websocket_opened();
     let (mut sink, mut stream) = socket.split();
     let join_timeout = state.config.join_timeout;
     let first = match tokio::time::timeout(join_timeout, next(&mut stream)).await {
@@ -107,6 +119,7 @@ async fn session(socket: WebSocket, state: AppState) {
         Err(_) => {
             fail(
                 &mut sink,
+                &metrics,
                 ErrorCode::InvalidState,
                 "no join in time",
                 CLOSE_POLICY,
@@ -115,6 +128,11 @@ async fn session(socket: WebSocket, state: AppState) {
             return;
         }
     };
+    match &first {
+        Incoming::Message(m) => metrics.message_in(m),
+        Incoming::Bad(_) => metrics.invalid_message_in(),
+        Incoming::TooBig | Incoming::Closed => {}
+    }
     let (version, token, room) = match first {
         Incoming::Message(ClientMessage::Join {
             version,
@@ -124,6 +142,7 @@ async fn session(socket: WebSocket, state: AppState) {
         Incoming::Message(_) => {
             fail(
                 &mut sink,
+                &metrics,
                 ErrorCode::InvalidState,
                 "join first",
                 CLOSE_POLICY,
@@ -132,12 +151,13 @@ async fn session(socket: WebSocket, state: AppState) {
             return;
         }
         Incoming::Bad(e) => {
-            fail(&mut sink, ErrorCode::BadRequest, e, CLOSE_POLICY).await;
+            fail(&mut sink, &metrics, ErrorCode::BadRequest, e, CLOSE_POLICY).await;
             return;
         }
         Incoming::TooBig => {
             fail(
                 &mut sink,
+                &metrics,
                 ErrorCode::TooLarge,
                 "message over 64 KiB",
                 CLOSE_TOO_BIG,
@@ -149,15 +169,24 @@ async fn session(socket: WebSocket, state: AppState) {
     };
     if version != PROTOCOL_VERSION {
         let msg = format!("this server speaks protocol version {PROTOCOL_VERSION}");
-        fail(&mut sink, ErrorCode::UnsupportedVersion, msg, CLOSE_POLICY).await;
+        fail(
+            &mut sink,
+            &metrics,
+            ErrorCode::UnsupportedVersion,
+            msg,
+            CLOSE_POLICY,
+        )
+        .await;
         return;
     }
     let claims = match auth::verify(&state.config.secret, &token) {
         Ok(c) => c,
         Err(e) => {
             debug!(reason = e.reason(), "join refused");
+            metrics.auth_failure(e.reason());
             fail(
                 &mut sink,
+                &metrics,
                 ErrorCode::Unauthorized,
                 e.to_string(),
                 CLOSE_POLICY,
@@ -167,8 +196,9 @@ async fn session(socket: WebSocket, state: AppState) {
         }
     };
     if room.as_deref().is_some_and(|r| r != claims.room) {
+        metrics.auth_failure("wrong_room");
         let msg = "the token is for another room";
-        fail(&mut sink, ErrorCode::Forbidden, msg, CLOSE_POLICY).await;
+        fail(&mut sink, &metrics, ErrorCode::Forbidden, msg, CLOSE_POLICY).await;
         return;
     }
     let (events_tx, mut events) = mpsc::channel(state.config.event_queue);
@@ -179,11 +209,22 @@ async fn session(socket: WebSocket, state: AppState) {
         kind: ParticipantKind::Regular,
         can_publish: claims.grants.publish,
         can_subscribe: claims.grants.subscribe,
+        can_publish_data: claims.grants.publish,
+        hidden: false,
+        metadata: String::new(),
+        max_participants: None,
     };
     let (me, joined) = match state.media.join(spec, Some(events_tx), None).await {
         Ok(j) => j,
         Err(e) => {
-            fail(&mut sink, e.code(), e.to_string(), CLOSE_GOING_AWAY).await;
+            fail(
+                &mut sink,
+                &metrics,
+                e.code(),
+                e.to_string(),
+                CLOSE_GOING_AWAY,
+            )
+            .await;
             return;
         }
     };
@@ -194,7 +235,8 @@ async fn session(socket: WebSocket, state: AppState) {
         participants: joined.others,
         ice_servers: state.ice_servers(&claims.sub),
     };
-    if !send(&mut sink, &hello).await {
+    metrics.session("websocket");
+    if !send(&mut sink, &metrics, &hello).await {
         let _ = state.media.leave(&me, LeaveReason::ClientRequest).await;
         return;
     }
@@ -223,7 +265,7 @@ async fn run(
                     return true;
                 };
                 let last = matches!(ev, ServerMessage::Leave { .. });
-                if !send(sink, &ev).await {
+                if !send(sink, &state.metrics, &ev).await {
                     return false;
                 }
                 if last {
@@ -239,20 +281,22 @@ async fn run(
                 match incoming {
                     Incoming::Closed => return false,
                     Incoming::TooBig => {
-                        send(sink, &ServerMessage::error(ErrorCode::TooLarge, "message over 64 KiB")).await;
+                        send(sink, &state.metrics, &ServerMessage::error(ErrorCode::TooLarge, "message over 64 KiB")).await;
                         close(sink, CLOSE_TOO_BIG, "message too big").await;
                         return false;
                     }
                     Incoming::Bad(e) => {
-                        if !send(sink, &ServerMessage::error(ErrorCode::BadRequest, e)).await {
+                        state.metrics.invalid_message_in();
+                        if !send(sink, &state.metrics, &ServerMessage::error(ErrorCode::BadRequest, e)).await {
                             return false;
                         }
                     }
                     Incoming::Message(m) => {
+                        state.metrics.message_in(&m);
                         match handle(state, me, m).await {
                             Reply::None => {}
                             Reply::Send(msg) => {
-                                if !send(sink, &msg).await {
+                                if !send(sink, &state.metrics, &msg).await {
                                     return false;
                                 }
                             }

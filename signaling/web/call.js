@@ -195,6 +195,7 @@ function renderStage() {
   ui.stage.hidden = !shown;
   ui.mainArea.classList.toggle('has-stage', !!shown);
   if (ui.stageVideo.srcObject !== (shown?.stream ?? null)) ui.stageVideo.srcObject = shown?.stream ?? null;
+  if (ui.stage.dataset.track !== (shown?.key ?? '')) clearVideoState(ui.stage);
   ui.stageLabel.textContent = shown ? shown.name : '';
   ui.stage.dataset.participant = shown?.participantSid ?? '';
   ui.stage.dataset.track = shown?.key ?? '';
@@ -232,6 +233,7 @@ function placeVideo(sid) {
     return;
   }
   removeScreen(sid);
+  if (tile.videoSid !== sid) clearVideoState(tile.el);
   tile.video.srcObject = v.stream;
   tile.videoSid = sid;
   tile.el.classList.remove('no-video');
@@ -244,7 +246,13 @@ function detachCamera(tile) {
   tile.video.srcObject = null;
   tile.videoSid = null;
   tile.el.classList.add('no-video');
-  tile.el.classList.remove('video-paused');
+  clearVideoState(tile.el);
+}
+
+/** Forgets what subscription_state said about the video an element showed. */
+function clearVideoState(el) {
+  el.classList.remove('video-paused');
+  delete el.dataset.videoState;
 }
 
 function onTrackSubscribed({ participant, info, track, stream }) {

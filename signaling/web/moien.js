@@ -12,14 +12,20 @@
  * });
  * const media = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
  * await room.publish(media);
+ * room.addEventListener('data_received', (e) => console.log(e.detail.identity, e.detail.data));
+ * room.sendData('hello', { topic: 'chat' });
  * ```
+ *
+ * Dynacast is automatic: when the server says nobody receives a simulcast layer of yours
+ * (`publish_layers`), the SDK stops encoding it, and resumes it when asked.
  *
  * ## Public API
  * - `Room.connect(url, token, options?) → Promise<Room>`: opens the WebSocket (`ws(s)://host/rtc`),
  *   sends `join` and resolves once the server answers `joined`. Rejects with a {@link MoienError}
  *   (`code` is the protocol error code, e.g. `unauthorized`) or a timeout.
  *   `options`: `{ room?, joinTimeout? (ms, 10000), requestTimeout? (ms, 15000),
- *   pingInterval? (ms, 15000), trickle? (bool, false), WebSocket? }`.
+ *   pingInterval? (ms, 15000), trickle? (bool, false), iceTransportPolicy? ('all' | 'relay':
+ *   only through the server's TURN), WebSocket? }`.
  * - `room.publish(mediaStream | MediaStreamTrack | MediaStreamTrack[], options?) →
  *   Promise<LocalTrack[]>`: sends the tracks on the publisher peer connection; resolves once the
  *   server answered. `options` (video options apply to video tracks only):
@@ -28,7 +34,8 @@
  *   - `simulcast` (default true): three encodings, rids `q`, `h`, `f` at 1/4, 1/2 and full
  *     resolution (about 150 kbps, 500 kbps, 1.5 Mbps), so the server can send each subscriber
  *     what its downlink carries. Capture 1280×720 or more: browsers drop layers for small input;
- *   - `codec`: `vp8`, `vp9`, `av1` or `h264`, preferred in the offer (others stay as fallback);
+ *   - `codec`: `vp8`, `vp9`, `av1` or `h264`: the only video codec offered, so the server must
+ *     support it (publishing fails otherwise); default: the browser's and server's choice;
  *   - `scalabilityMode`: SVC instead of simulcast, e.g. `L1T3` (temporal layers) or `L3T3_KEY`
  *     (spatial and temporal; VP9 or AV1). Implies `simulcast: false`.
  * - `room.publishScreen({ audio?, codec? }) → Promise<LocalTrack[]>`: asks the browser for a screen
@@ -184,8 +191,9 @@ function videoEncodings({ simulcast = true, scalabilityMode } = {}) {
 }
 
 /**
- * Puts `codec` first in the transceiver's preferences; the others stay behind it so that a server
- * without that codec still finds one it knows.
+ * Restricts the transceiver to `codec` (and its retransmission format). Listing the others after
+ * it is not enough: the browser sends the first codec of the answer, and an answerer may order
+ * them by its own preference (RFC 3264 only recommends keeping the offer's order).
  */
 function preferCodec(transceiver, codec) {
   const mime = `video/${codec}`;
@@ -195,8 +203,9 @@ function preferCodec(transceiver, codec) {
     const all = side?.getCapabilities?.('video')?.codecs ?? [];
     const wanted = all.filter((c) => c.mimeType.toLowerCase() === mime);
     if (wanted.length === 0) continue;
+    const rtx = all.filter((c) => c.mimeType.toLowerCase() === 'video/rtx');
     try {
-      transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
+      transceiver.setCodecPreferences([...wanted, ...rtx]);
       return;
     } catch {
       // try the other capability list
@@ -370,7 +379,7 @@ export class Room extends EventTarget {
    * @param {object} [options]
    * @param {string} [options.source] `camera`, `microphone`, `screen`, `screen_audio`, `unknown`
    * @param {boolean} [options.simulcast=true] video in three layers (`q`, `h`, `f`)
-   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] preferred video codec
+   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] the video codec to send
    * @param {string} [options.scalabilityMode] SVC mode, e.g. `L1T3` or `L3T3_KEY` (no simulcast)
    * @returns {Promise<object[]>} the LocalTracks, with their server sids
    */
@@ -417,7 +426,7 @@ export class Room extends EventTarget {
    * encoding (screen text needs full resolution more than layers).
    * @param {object} [options]
    * @param {boolean} [options.audio=false] also share the tab's or system's sound
-   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] preferred video codec
+   * @param {'vp8'|'vp9'|'av1'|'h264'} [options.codec] the video codec to send
    * @returns {Promise<object[]>} the LocalTracks
    */
   async publishScreen({ audio = false, codec } = {}) {

@@ -77,8 +77,13 @@ function startServer() {
   return { child, ready, logTail: () => lines.join('\n') };
 }
 
-/** The default switches, with `extra` added; an extra switch replaces a default of that name. */
-function chromiumArgs(extra) {
+/**
+ * The default switches, with the test's `extra` and then `MOIEN_CHROMIUM_ARGS` (space-separated)
+ * added; an added switch replaces a default of the same name.
+ */
+function chromiumArgs(testArgs) {
+  const fromEnv = (process.env.MOIEN_CHROMIUM_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const extra = [...testArgs, ...fromEnv];
   const name = (arg) => arg.split('=')[0];
   const replaced = new Set(extra.map(name));
   return [...CHROMIUM_ARGS.filter((a) => !replaced.has(name(a))), ...extra];
@@ -277,6 +282,7 @@ export async function shownVideoStats(page, selector) {
     const out = {
       shown: true, mid: transceiver.mid, videoWidth: el.videoWidth, framesDecoded: 0,
       frameWidth: 0, frameHeight: 0, framesPerSecond: 0, packetsReceived: 0, codec: '',
+      framesReceived: 0, keyFramesDecoded: 0, pliCount: 0,
     };
     report.forEach((s) => {
       if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
@@ -285,6 +291,9 @@ export async function shownVideoStats(page, selector) {
       out.frameHeight = s.frameHeight ?? 0;
       out.framesPerSecond = s.framesPerSecond ?? 0;
       out.packetsReceived = s.packetsReceived ?? 0;
+      out.framesReceived = s.framesReceived ?? 0;
+      out.keyFramesDecoded = s.keyFramesDecoded ?? 0;
+      out.pliCount = s.pliCount ?? 0;
       out.codec = report.get(s.codecId)?.mimeType ?? '';
     });
     return out;

@@ -1,10 +1,10 @@
 // Simulcast through the call page: Alice's camera goes out in three layers (q, h, f); Bob receives
 // the top one, asks for the lowest (maxLayer 0) and gets the 320-wide layer while Alice is told
 // to stop encoding the two layers nobody needs (dynacast); maxLayer 2 resumes the top layer at
-// Alice's and brings Bob back to it.
+// Alice's and brings Bob back to it. Hiding the tile pauses the subscription; showing it resumes.
 import {
   runTest, pollUntil, joinCall, remoteTrackSid, shownVideoStats, outboundVideo, localEncodings,
-  randomName, assert,
+  recordEvents, recordedEvents, randomName, assert,
 } from './lib.mjs';
 
 /** Bandwidth estimation needs time to climb to the top layer. */
@@ -69,4 +69,28 @@ runTest('simulcast', async ({ baseUrl, newPage, step }) => {
     });
   step(`maxLayer 2: bob decodes ${back.frameWidth}x${back.frameHeight}, `
     + `framesDecoded=${back.framesDecoded}`);
+
+  // A tile nobody can see is paused by the page (IntersectionObserver), and resumed when shown.
+  await recordEvents(bob, ['subscription_state']);
+  await bob.evaluate(() => { document.querySelector('#grid .tile.remote').hidden = true; });
+  const paused = await pollUntil('the server confirms the pause of the hidden tile',
+    () => recordedEvents(bob, 'subscription_state'),
+    (list) => list.some((e) => e.info.sid === trackSid && e.paused && e.reason === 'client'),
+    { timeoutMs: 5000 });
+  // Paused means a whole second without a single new frame (20 would come at 20 fps).
+  let previous = -1;
+  const stalled = await pollUntil('nothing more is decoded while hidden', async () => {
+    const s = await bobSees();
+    const still = s.framesDecoded === previous;
+    previous = s.framesDecoded;
+    return { ...s, still };
+  }, (s) => s.still, { timeoutMs: 5000, intervalMs: 1000 });
+  step(`hidden tile: ${JSON.stringify(paused.at(-1))}, framesDecoded stays at `
+    + `${stalled.framesDecoded}`);
+  await bob.evaluate(() => { document.querySelector('#grid .tile.remote').hidden = false; });
+  const shown = await pollUntil('the tile decodes again once visible', bobSees,
+    (s) => s.framesDecoded > stalled.framesDecoded + 10, { timeoutMs: 10_000 });
+  const state = await bob.getAttribute('#grid .tile.remote', 'data-video-state');
+  step(`visible again: framesDecoded=${shown.framesDecoded} at ${shown.frameWidth} wide, `
+    + `tile state ${state}`);
 });

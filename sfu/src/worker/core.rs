@@ -37,9 +37,11 @@ use crate::room::{
 use crate::session::{MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId, SessionRole};
 use crate::stats::WorkerStats;
 
+mod admin;
 mod allocation;
 mod data;
 mod forward;
+mod resume;
 mod speakers;
 
 pub(crate) use data::{Channels, DataLimiter};
@@ -64,6 +66,7 @@ pub(crate) enum Command {
         sid: String,
         request: Request,
     },
+    Admin(crate::api::AdminRequest),
 }
 
 /// Per-room placement shared by the node and its workers: which worker owns a room and how
@@ -97,6 +100,8 @@ pub(crate) struct WorkerCore {
     speakers: HashMap<String, crate::speaker::SpeakerDetector>,
     levels: Vec<(Instant, ParticipantId, u8)>,
     next_allocation: Option<Instant>,
+    /// Room events for webhooks (bounded; dropped when full).
+    node_events: Option<tokio::sync::mpsc::Sender<crate::api::NodeEvent>>,
     next_id: u64,
     next_housekeeping: Option<Instant>,
     pub stats: WorkerStats,
@@ -108,6 +113,7 @@ impl WorkerCore {
         config: MediaConfig,
         local_addrs: Vec<SocketAddr>,
         placement: Placement,
+        node_events: Option<tokio::sync::mpsc::Sender<crate::api::NodeEvent>>,
     ) -> Self {
         WorkerCore {
             index,
@@ -130,19 +136,34 @@ impl WorkerCore {
             speakers: HashMap::new(),
             levels: Vec::new(),
             next_allocation: None,
+            node_events,
             next_id: 1,
             next_housekeeping: None,
             stats: WorkerStats::default(),
         }
     }
 
-    /// Datagrams to send, drained by the I/O shell.
-    pub fn take_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
-        self.transmits.drain(..)
+    /// Datagrams to send; the I/O shell sends them, then clears them.
+    pub fn transmits(&self) -> &[Transmit] {
+        &self.transmits
     }
 
-    pub fn participant_count(&self) -> usize {
-        self.participants.len()
+    pub fn clear_transmits(&mut self) {
+        self.transmits.clear();
+    }
+
+    pub fn gauges(&self) -> crate::stats::WorkerGauges {
+        crate::stats::WorkerGauges {
+            rooms: self.rooms.len(),
+            participants: self.participants.len(),
+            published_tracks: self.tracks.len(),
+            subscriptions: self.subs.len(),
+            paused_subscriptions: self
+                .subs
+                .values()
+                .filter(|s| s.told_paused == Some(true))
+                .count(),
+        }
     }
 
     /// The next instant at which [`WorkerCore::handle_timeout`] must run.
@@ -274,6 +295,7 @@ impl WorkerCore {
                 };
                 self.handle_request(now, pid, request);
             }
+            Command::Admin(request) => self.handle_admin(now, request),
         }
         self.process(now);
         if self.next_housekeeping.is_none() && !self.participants.is_empty() {
@@ -310,6 +332,19 @@ impl WorkerCore {
         {
             self.remove_participant(now, old, LeaveReason::DuplicateIdentity);
         }
+        if let Some(max) = spec.max_participants {
+            let present = self.rooms.get(&room_name).map_or(0, |r| {
+                r.participants
+                    .iter()
+                    .filter(|id| self.participants.get(id).is_some_and(|p| !p.hidden()))
+                    .count()
+            });
+            let counts = !spec.hidden && !matches!(spec.kind, ParticipantKind::Whep { .. });
+            if counts && present >= max as usize {
+                self.release_placement(&room_name);
+                return Err(SfuError::RoomFull(max));
+            }
+        }
 
         let pid = self.new_id();
         let mut participant = Participant {
@@ -320,10 +355,15 @@ impl WorkerCore {
             kind: spec.kind,
             can_publish: spec.can_publish,
             can_subscribe: spec.can_subscribe,
+            can_publish_data: spec.can_publish_data,
+            observer: spec.hidden,
+            metadata: spec.metadata,
             publisher: None,
             subscriber: None,
             tracks: Vec::new(),
             subscriptions: Vec::new(),
+            joined_at: Some(now),
+            detached: None,
             data_limiter: Default::default(),
             events,
         };
@@ -381,6 +421,10 @@ impl WorkerCore {
                     participant: info.clone(),
                 },
             );
+            self.emit(crate::api::NodeEvent::ParticipantJoined {
+                room: room_name.clone(),
+                participant: info.clone(),
+            });
         }
         // Subscribe the newcomer to everything already published (the first subscribe offer
         // goes out even if there is nothing yet: it opens the data channel).
@@ -438,42 +482,8 @@ impl WorkerCore {
                 }
             }
             Request::Mute { track_sid, muted } => {
-                let p = &self.participants[&pid];
-                let found = p
-                    .tracks
-                    .iter()
-                    .copied()
-                    .find(|t| self.tracks.get(t).is_some_and(|t| t.sid == track_sid));
-                if let Some(tid) = found {
-                    let room = p.room.clone();
-                    let psid = p.sid.clone();
-                    if let Some(t) = self.tracks.get_mut(&tid) {
-                        t.muted = muted;
-                    }
-                    if !muted {
-                        // Subscribers resume on a fresh keyframe.
-                        let subs = self.tracks.get(&tid).map(|t| t.subscriptions.clone());
-                        for sub_id in subs.unwrap_or_default() {
-                            self.request_keyframe_for_sub(now, sub_id);
-                        }
-                    }
-                    self.broadcast(
-                        &room,
-                        pid,
-                        ServerMessage::TrackMuted {
-                            participant_sid: psid,
-                            track_sid,
-                            muted,
-                        },
-                    );
-                } else {
-                    self.send_to(
-                        pid,
-                        ServerMessage::error(
-                            moien_protocol::ErrorCode::NotFound,
-                            "no such published track",
-                        ),
-                    );
+                if let Err(e) = self.set_muted(now, pid, &track_sid, muted, false) {
+                    self.send_to(pid, ServerMessage::error(e.code(), e.to_string()));
                 }
             }
             Request::UpdateSubscription { track_sid, prefs } => {
@@ -501,6 +511,14 @@ impl WorkerCore {
             Request::Leave(reason, reply) => {
                 self.remove_participant(now, pid, reason);
                 let _ = reply.send(Ok(()));
+            }
+            Request::Detach(window, reply) => {
+                self.detach(pid, now, window);
+                let _ = reply.send(Ok(()));
+            }
+            Request::Resume(events, reply) => {
+                let r = self.resume(pid, events);
+                let _ = reply.send(r);
             }
         }
     }
@@ -549,6 +567,16 @@ impl WorkerCore {
         if session.negotiated_at.is_none() {
             session.negotiated_at = Some(now);
         }
+        // An offer that restarts ICE gives us new credentials too: route them here.
+        let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != session.ufrag {
+            let old = std::mem::replace(&mut session.ufrag, ufrag.clone());
+            session.old_ufrags.push(old);
+            self.demux.register_ufrag(ufrag, session_id);
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return Err(SfuError::InvalidState("session gone".into()));
+        };
         let role = session.role;
         self.drain(session_id, now);
         self.sync_media(now, pid, session_id, &offer_mids(&offer.sdp), &offer.tracks);
@@ -685,9 +713,19 @@ impl WorkerCore {
             pid,
             ServerMessage::TrackPublished {
                 participant_sid: psid,
-                track: info,
+                track: info.clone(),
             },
         );
+        if let Some(p) = self.participants.get(&pid)
+            && !p.hidden()
+        {
+            let participant = participant_info(p, &self.tracks);
+            self.emit(crate::api::NodeEvent::TrackPublished {
+                room,
+                participant,
+                track: info,
+            });
+        }
         self.subscribe_room_to_track(now, tid);
     }
 
@@ -820,6 +858,7 @@ impl WorkerCore {
         for mid in session.to_stop.drain(..) {
             api.stop_media(mid);
         }
+        let restart = std::mem::take(&mut session.ice_restart).then(|| api.ice_restart(true));
         let mut added = Vec::new();
         for &sub_id in &p.subscriptions {
             let Some(sub) = self.subs.get(&sub_id) else {
@@ -858,6 +897,12 @@ impl WorkerCore {
         }
         session.pending_offer = Some(pending);
         session.offer_sent_at = Some(now);
+        if let Some(creds) = restart {
+            // The client answers to the new credentials: route them here too.
+            let old = std::mem::replace(&mut session.ufrag, creds.ufrag.clone());
+            session.old_ufrags.push(old);
+            self.demux.register_ufrag(creds.ufrag, session_id);
+        }
         if let Some(c) = channels {
             session.channel_added = true;
             session.channels = c;
@@ -1085,6 +1130,7 @@ impl WorkerCore {
             s.ssrc_tracks.retain(|_, (t, _)| *t != tid);
         }
         let _ = now;
+        let info = track.info();
         if let Some(p) = self.participants.get_mut(&track.participant) {
             p.tracks.retain(|t| *t != tid);
             let room = p.room.clone();
@@ -1097,6 +1143,16 @@ impl WorkerCore {
                     track_sid: track.sid,
                 },
             );
+            if let Some(p) = self.participants.get(&track.participant)
+                && !p.hidden()
+            {
+                let participant = participant_info(p, &self.tracks);
+                self.emit(crate::api::NodeEvent::TrackUnpublished {
+                    room,
+                    participant,
+                    track: info,
+                });
+            }
         }
     }
 
@@ -1131,6 +1187,14 @@ impl WorkerCore {
         );
         if let Some(d) = self.speakers.get_mut(&room) {
             d.forget(pid);
+        }
+        if !hidden {
+            let participant = participant_info(p, &self.tracks);
+            self.emit(crate::api::NodeEvent::ParticipantLeft {
+                room: room.clone(),
+                participant,
+                reason,
+            });
         }
         if reason != LeaveReason::ClientRequest {
             self.send_to(pid, ServerMessage::Leave { reason });
@@ -1179,6 +1243,9 @@ impl WorkerCore {
         for sid in [p.publisher, p.subscriber].into_iter().flatten() {
             if let Some(mut s) = self.sessions.remove(&sid) {
                 self.demux.forget(&s.ufrag, &s.addrs);
+                for old in &s.old_ufrags {
+                    self.demux.forget(old, &[]);
+                }
                 s.rtc.disconnect();
             }
         }
@@ -1190,6 +1257,9 @@ impl WorkerCore {
         if room_empty {
             self.rooms.remove(&p.room);
             self.speakers.remove(&p.room);
+            self.emit(crate::api::NodeEvent::RoomEmpty {
+                room: p.room.clone(),
+            });
         }
         self.release_placement(&p.room);
     }
@@ -1296,6 +1366,7 @@ impl WorkerCore {
                 .map(|s| s.participant)
                 .collect();
             for pid in failed {
+                self.stats.session_failed("rtc_error");
                 self.remove_participant(now, pid, LeaveReason::ConnectionLost);
             }
             for (pid, reason) in std::mem::take(&mut self.removals) {
@@ -1333,6 +1404,17 @@ impl WorkerCore {
                 };
                 s.connected = true;
                 s.connected_at = Some(now);
+                let pid = s.participant;
+                if let Some(p) = self.participants.get_mut(&pid)
+                    && let Some(joined) = p.joined_at.take()
+                {
+                    self.stats
+                        .join_seconds
+                        .observe(now.saturating_duration_since(joined).as_secs_f64());
+                }
+                let Some(s) = self.sessions.get_mut(&session_id) else {
+                    return;
+                };
                 debug!(session = session_id, "connected");
                 // Subscriptions of a freshly connected session need a keyframe now.
                 let waiting: Vec<SubscriptionId> = s
@@ -1346,7 +1428,48 @@ impl WorkerCore {
                 }
             }
             Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                self.stats.bwe_bps.observe(estimate.as_f64());
                 self.on_estimate(now, session_id, estimate.as_u64());
+            }
+            Event::PeerStats(p) => {
+                if let Some(rtt) = p.rtt {
+                    self.stats.rtt_seconds.observe(rtt.as_secs_f64());
+                }
+            }
+            Event::MediaEgressStats(m) => {
+                // What a subscriber reports about what we send it.
+                let video = self
+                    .sessions
+                    .get(&session_id)
+                    .and_then(|s| s.send_subs.get(&m.mid))
+                    .and_then(|id| self.subs.get(id))
+                    .and_then(|sub| self.tracks.get(&sub.track))
+                    .is_some_and(|t| t.kind == TrackKind::Video);
+                if let Some(loss) = m.loss {
+                    self.stats.loss_ratio.observe(f64::from(loss));
+                }
+                if let Some(r) = &m.remote {
+                    let clock = if video { 90_000.0 } else { 48_000.0 };
+                    self.stats
+                        .jitter_seconds
+                        .observe(f64::from(r.jitter) / clock);
+                }
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    let last = s
+                        .nack_counts
+                        .insert((m.mid, m.rid, true), m.nacks)
+                        .unwrap_or(0);
+                    self.stats.nacks_in += m.nacks.saturating_sub(last);
+                }
+            }
+            Event::MediaIngressStats(m) => {
+                if let Some(s) = self.sessions.get_mut(&session_id) {
+                    let last = s
+                        .nack_counts
+                        .insert((m.mid, m.rid, false), m.nacks)
+                        .unwrap_or(0);
+                    self.stats.nacks_out += m.nacks.saturating_sub(last);
+                }
             }
             Event::IceConnectionStateChange(state) => {
                 if let Some(s) = self.sessions.get_mut(&session_id) {
@@ -1377,6 +1500,7 @@ impl WorkerCore {
         }
         self.keyframe_housekeeping(now);
         self.speaker_housekeeping(now);
+        self.resume_housekeeping(now);
         if self.next_allocation.is_none_or(|t| t <= now) {
             self.next_allocation = Some(now + allocation::ALLOCATION_INTERVAL);
             self.allocation_housekeeping(now);
@@ -1403,20 +1527,36 @@ impl WorkerCore {
         let connect_timeout = self.config.connect_timeout;
         let mut gone = Vec::new();
         for s in self.sessions.values() {
+            // A participant away within its resume window is judged by the window, not by ICE:
+            // its network changed, and it comes back with an ICE restart.
+            let detached = self
+                .participants
+                .get(&s.participant)
+                .is_some_and(|p| p.detached.is_some());
+            if detached {
+                continue;
+            }
             if s.disconnected_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= limit)
             {
-                gone.push((s.participant, LeaveReason::ConnectionLost));
+                gone.push((s.participant, LeaveReason::ConnectionLost, "ice_timeout"));
             } else if !s.connected
                 && s.negotiated_at
                     .is_some_and(|t| now.saturating_duration_since(t) >= connect_timeout)
             {
-                gone.push((s.participant, LeaveReason::ConnectTimeout));
+                gone.push((
+                    s.participant,
+                    LeaveReason::ConnectTimeout,
+                    "connect_timeout",
+                ));
             } else if !s.rtc.is_alive() {
-                gone.push((s.participant, LeaveReason::ConnectionLost));
+                gone.push((s.participant, LeaveReason::ConnectionLost, "closed"));
             }
         }
-        for (pid, reason) in gone {
+        for (pid, reason, label) in gone {
+            if self.participants.contains_key(&pid) {
+                self.stats.session_failed(label);
+            }
             self.remove_participant(now, pid, reason);
         }
     }
@@ -1450,6 +1590,12 @@ fn reply_not_found(request: Request, sid: &str) {
             let _ = reply.send(Err(err()));
         }
         Request::SubscribeAnswer(_, reply) | Request::Leave(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Request::Detach(_, reply) => {
+            let _ = reply.send(Err(err()));
+        }
+        Request::Resume(_, reply) => {
             let _ = reply.send(Err(err()));
         }
         Request::Candidate(..) | Request::Mute { .. } | Request::UpdateSubscription { .. } => {}

@@ -6,6 +6,7 @@
 //! worker, so forwarding inside a room takes no lock.
 
 pub(crate) mod core;
+mod send;
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -43,11 +44,11 @@ pub(crate) struct WorkerHandle {
     pub thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A copy of a worker's counters, refreshed a few times per second.
+/// A copy of a worker's counters and gauges, refreshed a few times per second.
 #[derive(Debug, Default, Clone)]
 pub struct WorkerSnapshot {
     pub stats: WorkerStats,
-    pub participants: usize,
+    pub gauges: crate::stats::WorkerGauges,
 }
 
 pub(crate) fn bind(config: &MediaConfig, index: usize) -> io::Result<StdUdpSocket> {
@@ -75,6 +76,7 @@ pub(crate) fn spawn(
     socket: StdUdpSocket,
     advertised: Vec<SocketAddr>,
     placement: Placement,
+    node_events: mpsc::Sender<crate::api::NodeEvent>,
 ) -> io::Result<WorkerHandle> {
     let local = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -94,7 +96,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let core = WorkerCore::new(index, config, adv, placement);
+            let core = WorkerCore::new(index, config, adv, placement, Some(node_events));
             if let Err(e) = rt.block_on(run(core, socket, rx, shared)) {
                 error!("media worker {index} stopped: {e}");
             }
@@ -119,13 +121,16 @@ async fn run(
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); RECV_BATCH];
     let mut next_snapshot = Instant::now();
+    let mut sender = send::Sender::default();
     loop {
         let deadline = core
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let woke: Instant;
         tokio::select! {
             biased;
             cmd = commands.recv() => {
+                woke = Instant::now();
                 let Some(cmd) = cmd else { break };
                 core.handle_command(Instant::now(), cmd);
                 // Take whatever else is queued without going back to the reactor.
@@ -134,20 +139,23 @@ async fn run(
                 }
             }
             r = socket.readable() => {
+                woke = Instant::now();
                 r?;
-                receive_batch(&mut core, &socket, &state, &mut bufs, &mut metas);
+                receive_batch(&mut core, &socket, &state, &mut bufs, &mut metas, &mut sender);
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
+                woke = Instant::now();
                 core.handle_timeout(Instant::now());
             }
         }
-        send_all(&mut core, &socket, &state);
+        send_all(&mut core, &socket, &state, &mut sender);
         let now = Instant::now();
+        core.stats.busy_nanos += now.saturating_duration_since(woke).as_nanos() as u64;
         if now >= next_snapshot {
             next_snapshot = now + Duration::from_millis(250);
             if let Ok(mut s) = shared.lock() {
                 s.stats = core.stats.clone();
-                s.participants = core.participant_count();
+                s.gauges = core.gauges();
             }
         }
     }
@@ -160,6 +168,7 @@ fn receive_batch(
     state: &UdpSocketState,
     bufs: &mut [Vec<u8>],
     metas: &mut [RecvMeta],
+    sender: &mut send::Sender,
 ) {
     // A few batches per wake-up keep latency low without starving commands and timers.
     for _ in 0..4 {
@@ -185,30 +194,27 @@ fn receive_batch(
             }
         }
         // Keep the send side moving during long receive runs.
-        send_all(core, socket, state);
+        send_all(core, socket, state, sender);
         if n < bufs.len() {
             return;
         }
     }
 }
 
-fn send_all(core: &mut WorkerCore, socket: &UdpSocket, state: &UdpSocketState) {
-    let mut errors = 0u64;
-    for t in core.take_transmits() {
-        let transmit = quinn_udp::Transmit {
-            destination: t.destination,
-            ecn: None,
-            contents: &t.contents,
-            segment_size: None,
-            src_ip: None,
-        };
-        // UDP sends do not block in practice; a full buffer drops the datagram like the
-        // network would, and congestion control reacts.
-        // Straight to the non-blocking socket: tokio's write readiness is not needed here.
-        let r = state.try_send(UdpSockRef::from(socket), &transmit);
-        if r.is_err() {
-            errors += 1;
-        }
-    }
-    core.stats.send_errors += errors;
+/// Sends everything the core produced. UDP sends do not block in practice; a full buffer drops
+/// the datagram like the network would, and congestion control reacts. Straight to the
+/// non-blocking socket: tokio's write readiness is not needed here.
+fn send_all(
+    core: &mut WorkerCore,
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    sender: &mut send::Sender,
+) {
+    let outcome = {
+        let transmits = core.transmits();
+        sender.send(socket, state, transmits)
+    };
+    core.clear_transmits();
+    core.stats.send_errors += outcome.errors;
+    core.stats.send_syscalls += outcome.syscalls;
 }

@@ -69,8 +69,12 @@ impl WorkerCore {
         let Some(p) = self.participants.get_mut(&pid) else {
             return;
         };
-        if !p.can_publish {
-            refuse(self, ErrorCode::Forbidden, "the token has no publish grant");
+        if !p.can_publish_data {
+            refuse(
+                self,
+                ErrorCode::Forbidden,
+                "the token has no publish_data grant",
+            );
             return;
         }
         if !p.data_limiter.allow(now) {
@@ -104,20 +108,38 @@ impl WorkerCore {
             return;
         };
         let room = p.room.clone();
+        self.relay_data(now, &room, Some(pid), &msg.to, !lossy, &bytes);
+    }
+
+    /// Writes one data message to the room's participants (all but `from`, or those named in
+    /// `to` by sid or identity) on the channel of the given reliability. Returns how many got it.
+    pub(super) fn relay_data(
+        &mut self,
+        now: Instant,
+        room: &str,
+        from: Option<ParticipantId>,
+        to: &[String],
+        reliable: bool,
+        bytes: &[u8],
+    ) -> usize {
+        let lossy = !reliable;
         let recipients: Vec<(ParticipantId, SessionId)> = self
             .rooms
-            .get(&room)
+            .get(room)
             .map(|r| {
                 r.participants
                     .iter()
-                    .filter(|&&id| id != pid)
+                    .filter(|&&id| Some(id) != from)
                     .filter_map(|id| self.participants.get(id).map(|q| (id, q)))
                     .filter(|(_, q)| q.kind == ParticipantKind::Regular)
-                    .filter(|(_, q)| msg.to.is_empty() || msg.to.contains(&q.sid))
+                    .filter(|(_, q)| {
+                        to.is_empty() || to.contains(&q.sid) || to.contains(&q.identity)
+                    })
                     .filter_map(|(id, q)| q.subscriber.map(|s| (*id, s)))
                     .collect()
             })
             .unwrap_or_default();
+        let mut delivered = 0;
         for (_, sid) in recipients {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 continue;
@@ -129,15 +151,17 @@ impl WorkerCore {
             };
             let written = id
                 .and_then(|id| s.rtc.channel(id))
-                .is_some_and(|mut ch| ch.write(false, &bytes).unwrap_or(false));
+                .is_some_and(|mut ch| ch.write(false, bytes).unwrap_or(false));
             if written {
                 self.stats.data_messages += 1;
+                delivered += 1;
             } else {
                 // A full or closed channel: the recipient is not keeping up; drop for it only.
                 self.stats.data_dropped += 1;
             }
             self.drain(sid, now);
         }
+        delivered
     }
 }
 

@@ -1,0 +1,152 @@
+//! Sending a worker's datagrams with as few system calls as the kernel allows: runs of
+//! equal-size datagrams to one destination (the packets of a video frame) go out as one UDP GSO
+//! send, and everything else as one `sendmmsg` per batch. The kernel's per-datagram path is
+//! most of what forwarding costs (docs/PERFORMANCE.md), so this is where the time goes.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use quinn_udp::{UdpSockRef, UdpSocketState};
+use socket2::SockAddr;
+use str0m::net::Transmit;
+use tokio::net::UdpSocket;
+
+/// Most datagrams handed to one `sendmmsg` call.
+const MMSG_BATCH: usize = 64;
+
+/// Reused buffers, so a send allocates nothing in the steady state.
+#[derive(Default)]
+pub(crate) struct Sender {
+    order: Vec<usize>,
+    gso_buf: Vec<u8>,
+    singles: Vec<usize>,
+}
+
+/// What one batch cost and lost.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SendOutcome {
+    pub syscalls: u64,
+    pub errors: u64,
+}
+
+impl Sender {
+    pub fn send(
+        &mut self,
+        socket: &UdpSocket,
+        state: &UdpSocketState,
+        transmits: &[Transmit],
+    ) -> SendOutcome {
+        let mut out = SendOutcome::default();
+        if transmits.is_empty() {
+            return out;
+        }
+        let gso = state.max_gso_segments();
+        self.singles.clear();
+        if gso > 1 && transmits.len() > 1 {
+            // Group by destination, keeping each destination's order (a stable sort).
+            self.order.clear();
+            self.order.extend(0..transmits.len());
+            self.order.sort_by_key(|&i| transmits[i].destination);
+            let mut i = 0;
+            while i < self.order.len() {
+                let first = &transmits[self.order[i]];
+                let size = first.contents.len();
+                let mut j = i + 1;
+                // Equal sizes; only the last of a run may be shorter (GSO's rule).
+                while j < self.order.len()
+                    && j - i < gso
+                    && transmits[self.order[j]].destination == first.destination
+                    && transmits[self.order[j - 1]].contents.len() == size
+                    && transmits[self.order[j]].contents.len() <= size
+                {
+                    j += 1;
+                }
+                if j - i >= 2 {
+                    self.gso_buf.clear();
+                    for &k in &self.order[i..j] {
+                        self.gso_buf.extend_from_slice(&transmits[k].contents);
+                    }
+                    let t = quinn_udp::Transmit {
+                        destination: first.destination,
+                        ecn: None,
+                        contents: &self.gso_buf,
+                        segment_size: Some(size),
+                        src_ip: None,
+                    };
+                    out.syscalls += 1;
+                    if state.try_send(UdpSockRef::from(socket), &t).is_err() {
+                        out.errors += (j - i) as u64;
+                    }
+                } else {
+                    self.singles.push(self.order[i]);
+                }
+                i = j;
+            }
+        } else {
+            self.singles.extend(0..transmits.len());
+        }
+        for chunk in self.singles.chunks(MMSG_BATCH) {
+            let (calls, errors) = send_mmsg(socket, transmits, chunk);
+            out.syscalls += calls;
+            out.errors += errors;
+        }
+        out
+    }
+}
+
+/// One `sendmmsg` for the datagrams `idx` of `transmits` (retrying the rest after a partial
+/// send); a full socket buffer drops what is left, like a congested link would.
+fn send_mmsg(socket: &UdpSocket, transmits: &[Transmit], idx: &[usize]) -> (u64, u64) {
+    let addrs: Vec<SockAddr> = idx
+        .iter()
+        .map(|&i| SockAddr::from(transmits[i].destination))
+        .collect();
+    let mut iovs: Vec<libc::iovec> = idx
+        .iter()
+        .map(|&i| libc::iovec {
+            iov_base: transmits[i].contents.as_ptr() as *mut libc::c_void,
+            iov_len: transmits[i].contents.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = (0..idx.len())
+        .map(|k| {
+            // SAFETY: an all-zero msghdr is valid; the pointers set below stay alive (addrs,
+            // iovs) until sendmmsg returns.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addrs[k].as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addrs[k].len();
+            h.msg_hdr.msg_iov = &mut iovs[k];
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let fd = socket.as_raw_fd();
+    let mut sent = 0usize;
+    let mut calls = 0u64;
+    let mut errors = 0u64;
+    while sent < msgs.len() {
+        calls += 1;
+        // SAFETY: msgs[sent..] point at live iovecs and addresses; the count matches.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[sent..].as_mut_ptr(),
+                (msgs.len() - sent) as libc::c_uint,
+                0,
+            )
+        };
+        if n <= 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // WouldBlock (buffer full) or a per-destination error (ICMP unreachable reported
+            // on this socket): skip the head datagram and go on with the rest.
+            sent += 1;
+            errors += 1;
+            continue;
+        }
+        sent += n as usize;
+    }
+    (calls, errors)
+}

@@ -1,0 +1,51 @@
+// Spatial SVC through the call page: Alice publishes VP9 with three spatial and three temporal
+// layers in one stream (L3T3_KEY: 1/4, 1/2 and full resolution); Bob decodes the top layer, asks
+// for the lowest (maxLayer 0) and gets the quarter-width picture while decoding goes on; maxLayer 2
+// brings him back to the top.
+import {
+  runTest, pollUntil, joinCall, remoteTrackSid, shownVideoStats, outboundVideo, randomName, assert,
+} from './lib.mjs';
+
+const TILE_VIDEO = '#grid .tile.remote video';
+
+runTest('svc_spatial', async ({ baseUrl, newPage, step }) => {
+  const room = randomName('svc-spatial');
+  const alice = await newPage('alice');
+  const bob = await newPage('bob');
+  await joinCall(alice, baseUrl, room, 'Alice', { codec: 'vp9', svc: 'L3T3_KEY' });
+  await joinCall(bob, baseUrl, room, 'Bob');
+
+  const sent = await pollUntil('alice encodes VP9 L3T3_KEY', () => outboundVideo(alice),
+    (o) => o.some((x) => x.scalabilityMode && x.framesEncoded > 0), { timeoutMs: 10_000 });
+  assert(sent.length === 1 && sent[0].codec === 'video/VP9' && sent[0].scalabilityMode === 'L3T3_KEY',
+    `alice sends ${JSON.stringify(sent)}`);
+  const trackSid = await pollUntil("bob learns alice's camera track",
+    () => remoteTrackSid(bob, 'video', 'camera'), Boolean, { timeoutMs: 10_000 });
+  step(`alice sends VP9 L3T3_KEY; track ${trackSid}`);
+
+  // The top spatial layer is what Alice encodes: less than 1280 wide while her bandwidth
+  // estimate or CPU is short.
+  const seen = async () => ({
+    ...(await shownVideoStats(bob, TILE_VIDEO)),
+    aliceWidth: (await outboundVideo(alice))[0]?.frameWidth ?? 0,
+  });
+  const top = await pollUntil("bob decodes alice's top spatial layer", seen,
+    (s) => s.shown && s.framesDecoded > 30 && s.aliceWidth >= 640 && s.frameWidth >= s.aliceWidth,
+    { timeoutMs: 20_000 });
+  step(`bob decodes ${top.frameWidth}x${top.frameHeight} ${top.codec}, `
+    + `framesDecoded=${top.framesDecoded}`);
+
+  await bob.evaluate((sid) => window.moienRoom.setSubscription(sid, { maxLayer: 0 }), trackSid);
+  const small = await pollUntil('bob receives the lowest spatial layer after maxLayer 0', seen,
+    (s) => s.frameWidth > 0 && s.frameWidth <= s.aliceWidth / 4
+      && s.framesDecoded > top.framesDecoded + 20, { timeoutMs: 10_000 });
+  step(`maxLayer 0: bob decodes ${small.frameWidth}x${small.frameHeight} of alice's `
+    + `${small.aliceWidth}, framesDecoded=${small.framesDecoded}`);
+
+  await bob.evaluate((sid) => window.moienRoom.setSubscription(sid, { maxLayer: 2 }), trackSid);
+  const large = await pollUntil('bob is back on the top spatial layer after maxLayer 2', seen,
+    (s) => s.frameWidth >= s.aliceWidth && s.framesDecoded > small.framesDecoded + 10,
+    { timeoutMs: 20_000 });
+  step(`maxLayer 2: bob decodes ${large.frameWidth}x${large.frameHeight}, `
+    + `framesDecoded=${large.framesDecoded}`);
+});
