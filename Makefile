@@ -24,8 +24,9 @@ lint:
 test-rust:
 	$(CARGO) test --workspace
 
+# The binary the Rust tests built (same features: no second build of the dependencies).
 test-browser:
-	$(CARGO) build --bin moien
+	$(CARGO) test --workspace --no-run --quiet
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/browser && MOIEN_BIN=$(CURDIR)/target/debug/moien node run.mjs
 

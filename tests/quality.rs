@@ -249,3 +249,50 @@ async fn svc_temporal_layers_follow_the_subscribers_wish() {
     v.leave().await.unwrap();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_loss_keeps_video_decoding_and_red_audio_whole() {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let mut c = ClientConfig::new(ws_url(&node), token("lossy", "pub", true, false));
+    c.red = true;
+    let p = Client::connect(c).await.unwrap();
+    let ps = p.participant.sid.clone();
+    let mut c = ClientConfig::new(ws_url(&node), token("lossy", "viewer", false, true));
+    c.publish_audio = false;
+    c.publish_video = false;
+    c.downlink_loss = 0.10;
+    let mut v = Client::connect(c).await.unwrap();
+    v.wait_until(
+        "media through the lossy link",
+        Duration::from_secs(10),
+        |r| {
+            r.track_of(&ps, TrackKind::Video)
+                .is_some_and(|t| t.frames_complete > 30)
+                && r.track_of(&ps, TrackKind::Audio)
+                    .is_some_and(|t| t.audio_frames_decoded > 50)
+        },
+    )
+    .await
+    .unwrap();
+    // Video goes on decoding: four more seconds of complete frames (30 fps) in at most ten.
+    let start = v.report(|r| r.track_of(&ps, TrackKind::Video).unwrap().frames_complete);
+    v.wait_until("frames keep completing", Duration::from_secs(10), |r| {
+        r.track_of(&ps, TrackKind::Video).unwrap().frames_complete >= start + 120
+    })
+    .await
+    .unwrap();
+    v.report(|r| {
+        let video = r.track_of(&ps, TrackKind::Video).unwrap();
+        assert_eq!(video.corrupt_payloads, 0);
+        let audio = r.track_of(&ps, TrackKind::Audio).unwrap();
+        assert_eq!(audio.audio_decode_errors, 0);
+        let gap = audio.max_audio_gap_ms();
+        assert!(gap <= 100, "audio gap of {gap} ms despite RED");
+        assert!(audio.audio_timestamps.len() > 200, "audio flowed");
+        assert!(audio.red_recovered > 0, "RED filled losses");
+    });
+    p.leave().await.unwrap();
+    v.leave().await.unwrap();
+    node.shutdown().await;
+}

@@ -24,7 +24,7 @@ use moien_protocol::{
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RedDecoder, RedEncoder, RedundantBlock, RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub tone_level: u8,
     /// Publish VP9 with this many temporal layers (SVC, L1Tn) instead of VP8.
     pub vp9_temporal: Option<u8>,
+    /// Send audio as RED (RFC 2198) with the previous frame as redundancy, as browsers do.
+    pub red: bool,
     /// Relay every peer connection through a TURN server (UDP), with a relayed candidate only,
     /// like a browser with `iceTransportPolicy: "relay"`.
     pub relay: Option<RelayConfig>,
@@ -140,6 +142,7 @@ impl ClientConfig {
             e2ee_key: None,
             tone_level: 30,
             vp9_temporal: None,
+            red: false,
             relay: None,
             downlink_loss: 0.0,
         }
@@ -210,6 +213,14 @@ pub struct TrackReport {
     pub ts_backwards: u64,
     last_ts: Option<u32>,
     highest_seq: Option<u16>,
+    /// Video: frames whose every packet arrived (also through retransmission): decodable.
+    pub frames_complete: u64,
+    /// Video: packets seen per recent frame (frame number → packets seen, packets in frame).
+    frame_progress: std::collections::BTreeMap<u32, (u16, u16)>,
+    /// Audio: RTP timestamps of the frames received, directly or as RED redundancy (bounded).
+    pub audio_timestamps: std::collections::BTreeSet<u32>,
+    /// Audio: frames only RED redundancy delivered (their own packet was lost).
+    pub red_recovered: u64,
     /// Video: packets received per temporal layer (SVC streams; VP8 counts as layer 0).
     pub temporal_packets: [u64; 8],
     /// Video: the simulcast layer of the last packet, and every change of layer.
@@ -281,6 +292,9 @@ enum Command {
     ToneLevel(u8),
     /// Sends a data message (reliable or lossy channel).
     SendData(moien_protocol::DataSend, bool),
+    /// The network is down for this long: no UDP in or out (the WebSocket is cut by the socket
+    /// task of a resumable client).
+    Cut(Duration),
 }
 
 /// A connected participant.
@@ -290,11 +304,27 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<Result<(), ClientError>>,
     pub participant: ParticipantInfo,
+    /// Resumable clients: tells the socket task to drop the WebSocket for a while.
+    cut: Option<mpsc::Sender<Duration>>,
 }
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsResult = Result<Message, tokio_tungstenite::tungstenite::Error>;
 
 impl Client {
     /// Connects, joins and (if configured) publishes. Returns once `joined` arrived.
-    pub async fn connect(mut config: ClientConfig) -> Result<Client, ClientError> {
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_with(config, false).await
+    }
+
+    /// Like [`Client::connect`], and able to come back after [`Client::cut_network`] with the
+    /// server's resume token (`resume`): same participant, same tracks, ICE restarts.
+    pub async fn connect_resumable(config: ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_with(config, true).await
+    }
+
+    async fn connect_with(mut config: ClientConfig, resumable: bool) -> Result<Client, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(config.url.as_str()).await?;
         let (mut sink, mut stream) = ws.split();
         let join = ClientMessage::Join {
@@ -331,12 +361,14 @@ impl Client {
         let ServerMessage::Joined {
             participant,
             ice_servers,
+            resume_token,
             ..
         } = &joined
         else {
             unreachable!("matched above")
         };
         let participant = participant.clone();
+        let resume_token = resume_token.clone();
         if config.relay == Some(RelayConfig::FromServer) {
             let turn = ice_servers
                 .iter()
@@ -352,7 +384,40 @@ impl Client {
         }));
         let (changed_tx, changed) = watch::channel(0u64);
         let (commands, rx) = mpsc::channel(64);
+        let url = config.url.clone();
         let driver = Driver::new(config, report.clone(), changed_tx).await?;
+        if !resumable {
+            let task = tokio::spawn(driver.run(sink, stream, rx));
+            return Ok(Client {
+                report,
+                changed,
+                commands,
+                task,
+                participant,
+                cut: None,
+            });
+        }
+        // The driver talks to channels; the socket task behind them owns the WebSocket and can
+        // replace it.
+        let ws = sink
+            .reunite(stream)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (to_ws, from_driver) = mpsc::channel::<Message>(256);
+        let (to_driver, from_ws) = mpsc::channel::<WsResult>(256);
+        let (cut, cuts) = mpsc::channel(4);
+        tokio::spawn(socket_task(ws, url, resume_token, from_driver, to_driver, cuts));
+        let sink = Box::pin(futures_util::sink::unfold(
+            to_ws,
+            |tx, m: Message| async move {
+                tx.send(m)
+                    .await
+                    .map_err(|_| tokio_tungstenite::tungstenite::Error::ConnectionClosed)?;
+                Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+            },
+        ));
+        let stream = Box::pin(futures_util::stream::unfold(from_ws, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
         let task = tokio::spawn(driver.run(sink, stream, rx));
         Ok(Client {
             report,
@@ -360,7 +425,21 @@ impl Client {
             commands,
             task,
             participant,
+            cut: Some(cut),
         })
+    }
+
+    /// Cuts this participant's network for `duration`: its WebSocket is dropped (no close
+    /// frame) and no UDP goes in or out. Then it resumes: `resume` with the latest resume token,
+    /// ICE restarts on both connections. Only for [`Client::connect_resumable`] clients.
+    pub async fn cut_network(&self, duration: Duration) -> Result<(), ClientError> {
+        let Some(cut) = &self.cut else {
+            return Err(ClientError::Protocol("not a resumable client".into()));
+        };
+        let _ = self.commands.send(Command::Cut(duration)).await;
+        cut.send(duration)
+            .await
+            .map_err(|_| ClientError::Protocol("the socket task ended".into()))
     }
 
     /// Publishes through WHIP (`POST {base}/whip/{room}`) instead of the WebSocket protocol.
@@ -454,6 +533,7 @@ impl Client {
             commands,
             task,
             participant,
+            cut: None,
         })
     }
 
@@ -536,6 +616,86 @@ fn to_json(m: &ClientMessage) -> String {
     serde_json::to_string(m).unwrap_or_default()
 }
 
+/// The latest resume token in a server message, if it carries one.
+fn resume_token_of(text: &str) -> Option<String> {
+    if !text.contains("\"resume_token\"") && !text.contains("\"token\"") {
+        return None;
+    }
+    match serde_json::from_str::<ServerMessage>(text).ok()? {
+        ServerMessage::Joined { resume_token, .. } => resume_token,
+        ServerMessage::ResumeToken { token } => Some(token),
+        _ => None,
+    }
+}
+
+/// Owns the WebSocket of a resumable client. A cut drops the socket without a close frame (as a
+/// dead network would), discards what the driver sends meanwhile, and after the cut opens a new
+/// socket and sends `resume`; the `joined` that answers goes to the driver like any message.
+async fn socket_task(
+    ws: WsStream,
+    url: String,
+    mut token: Option<String>,
+    mut from_driver: mpsc::Receiver<Message>,
+    to_driver: mpsc::Sender<WsResult>,
+    mut cuts: mpsc::Receiver<Duration>,
+) {
+    let mut ws = Some(ws);
+    loop {
+        let Some(socket) = ws.as_mut() else { return };
+        tokio::select! {
+            m = socket.next() => {
+                let Some(m) = m else { return };
+                if let Ok(Message::Text(t)) = &m
+                    && let Some(t) = resume_token_of(t)
+                {
+                    token = Some(t);
+                }
+                let end = !matches!(m, Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)));
+                if to_driver.send(m).await.is_err() || end {
+                    return;
+                }
+            }
+            m = from_driver.recv() => match m {
+                Some(m) => {
+                    if socket.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = socket.close(None).await;
+                    return;
+                }
+            },
+            d = cuts.recv() => {
+                let Some(d) = d else { continue };
+                // Gone without a word, like a network that died.
+                drop(ws.take());
+                let until = tokio::time::Instant::now() + d;
+                loop {
+                    tokio::select! {
+                        m = from_driver.recv() => if m.is_none() { return },
+                        _ = tokio::time::sleep_until(until) => break,
+                    }
+                }
+                let Some(t) = token.clone() else { return };
+                match tokio_tungstenite::connect_async(url.as_str()).await {
+                    Ok((mut socket, _)) => {
+                        let resume = ClientMessage::Resume { version: PROTOCOL_VERSION, token: t };
+                        if socket.send(Message::Text(to_json(&resume).into())).await.is_err() {
+                            return;
+                        }
+                        ws = Some(socket);
+                    }
+                    Err(e) => {
+                        let _ = to_driver.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn hash(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
@@ -589,6 +749,10 @@ struct Driver {
     /// Simulcast: one source per layer, lowest first.
     layers: Vec<SimulcastLayerSource>,
     shaper: Option<Shaper>,
+    /// RED sending: the negotiated RED payload type, and the last frame (next packet's
+    /// redundancy).
+    red_pt: Option<str0m::media::Pt>,
+    last_audio: Option<Vec<u8>>,
     /// Data channels of the subscriber connection, by label.
     channels: HashMap<String, str0m::channel::ChannelId>,
     sinks: HashMap<String, OpusSink>,
@@ -596,6 +760,8 @@ struct Driver {
     next_video: Instant,
     next_ping: Instant,
     silent: bool,
+    /// A cut network comes back at this time.
+    silent_until: Option<Instant>,
     version: u64,
     /// WHIP/WHEP session URL and bearer token, for `DELETE` on leave.
     delete_url: Option<(String, String)>,
@@ -674,12 +840,15 @@ impl Driver {
             video,
             layers,
             shaper,
+            red_pt: None,
+            last_audio: None,
             channels: HashMap::new(),
             sinks: HashMap::new(),
             next_audio: now,
             next_video: now,
             next_ping: now + Duration::from_secs(15),
             silent: false,
+            silent_until: None,
             version: 0,
             delete_url: None,
             pending_whep: None,
@@ -782,6 +951,10 @@ impl Driver {
                     },
                     Some(Command::ToneLevel(l)) => self.config.tone_level = l,
                     Some(Command::SendData(msg, reliable)) => self.send_data(&msg, reliable),
+                    Some(Command::Cut(d)) => {
+                        self.set_silent(true);
+                        self.silent_until = Some(Instant::now() + d);
+                    }
                 },
                 r = recv_opt(publisher_socket.as_deref(), &mut buf_pub) => {
                     if let (Ok((n, src)), Some(p)) = (r, self.publisher.as_mut())
@@ -818,8 +991,48 @@ impl Driver {
         result.map(|_| ())
     }
 
+    fn set_silent(&mut self, silent: bool) {
+        self.silent = silent;
+        self.subscriber.silent = silent;
+        if let Some(p) = self.publisher.as_mut() {
+            p.silent = silent;
+        }
+    }
+
+    /// After a resume: a new publish offer with new ICE credentials, same m-lines.
+    fn restart_publisher(&mut self, out: &mut Vec<ClientMessage>) {
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let mut api = p.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        self.pending_publish = Some(pending);
+        out.push(ClientMessage::PublishOffer {
+            sdp: offer.to_sdp_string(),
+            tracks: self
+                .outgoing
+                .iter()
+                .map(|o| PublishTrack {
+                    mid: o.mid.to_string(),
+                    kind: o.kind,
+                    source: Some(TrackSource::default_for(o.kind)),
+                    muted: false,
+                })
+                .collect(),
+        });
+    }
+
     fn deadline(&self) -> Instant {
         let mut d = self.next_ping.min(self.subscriber.timeout);
+        if let Some(t) = self.silent_until {
+            d = d.min(t);
+        }
         if let Some(p) = &self.publisher {
             d = d.min(p.timeout);
             if p.connected && !self.silent {
@@ -962,6 +1175,8 @@ impl Driver {
                 }
             }
             ServerMessage::Leave { reason } => end = Some(format!("removed: {reason:?}")),
+            // A `joined` mid-session answers our `resume`: same tracks, new network paths.
+            ServerMessage::Joined { .. } => self.restart_publisher(out),
             ServerMessage::PublishLayers { layers, .. } => self.on_publish_layers(layers),
             _ => {}
         }
@@ -975,6 +1190,10 @@ impl Driver {
 
     fn on_timeout(&mut self, out: &mut Vec<ClientMessage>) {
         let now = Instant::now();
+        if self.silent_until.is_some_and(|t| now >= t) {
+            self.silent_until = None;
+            self.set_silent(false);
+        }
         if let Some(sh) = self.shaper.as_mut() {
             while let Some((src, data)) = sh.pop(now) {
                 self.subscriber.receive(src, &data);
@@ -1019,6 +1238,15 @@ impl Driver {
     }
 
     fn send_audio(&mut self, now: Instant) {
+        if self.red_pt.is_none()
+            && let Some(p) = self.publisher.as_ref()
+        {
+            self.red_pt = p
+                .rtc
+                .codec_config()
+                .find(|c| c.spec().codec == Codec::Opus)
+                .and_then(|c| c.red());
+        }
         if self.speech.is_some() {
             self.send_speech(now);
             return;
@@ -1049,7 +1277,26 @@ impl Driver {
             voice_activity: Some(level < 127),
             ..Default::default()
         };
-        let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, packet).ext_vals(ext);
+        // RED: this frame as primary, the previous one as redundancy (distance 1).
+        let (pt, payload) = match self.red_pt.filter(|_| self.config.red) {
+            Some(red_pt) => {
+                let redundant: Vec<RedundantBlock> = self
+                    .last_audio
+                    .take()
+                    .map(|prev| RedundantBlock {
+                        pt: *pt,
+                        timestamp_offset: OPUS_FRAME as u32,
+                        payload: prev,
+                    })
+                    .into_iter()
+                    .collect();
+                let red = RedEncoder::encode(*pt, &packet, &redundant);
+                self.last_audio = Some(packet);
+                (red_pt, red)
+            }
+            None => (pt, packet),
+        };
+        let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, payload).ext_vals(ext);
         track.seq += 1;
         track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
         let mid = track.mid;
@@ -1317,14 +1564,41 @@ impl Driver {
         };
         let verify = self.config.verify;
         let mut decoded = None;
+        // Audio timestamps this packet delivers: its own, and with RED the earlier frames it
+        // carries again (what lets a receiver fill a loss without a retransmission).
+        let mut audio_ts: Vec<u32> = Vec::new();
         if verify && info.kind == TrackKind::Audio {
+            let is_red = self
+                .subscriber
+                .rtc
+                .codec_config()
+                .find(|c| c.red() == Some(pkt.header.payload_type))
+                .is_some();
+            let primary: Option<Vec<u8>> = if is_red {
+                RedDecoder::decode(&pkt.payload).ok().and_then(|blocks| {
+                    for b in blocks.iter().filter(|b| !b.is_primary) {
+                        audio_ts.push(pkt.header.timestamp.wrapping_sub(b.timestamp_offset));
+                    }
+                    blocks
+                        .iter()
+                        .find(|b| b.is_primary)
+                        .map(|b| b.payload.to_vec())
+                })
+            } else {
+                Some(pkt.payload.to_vec())
+            };
+            audio_ts.push(pkt.header.timestamp);
             let sink = match self.sinks.entry(info.track_sid.clone()) {
                 std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     OpusSink::new().ok().map(|s| v.insert(s))
                 }
             };
-            decoded = sink.map(|s| s.decode(&pkt.payload).is_ok());
+            decoded = match (sink, primary) {
+                (Some(s), Some(p)) => Some(s.decode(&p).is_ok()),
+                (_, None) => Some(false),
+                (None, _) => None,
+            };
         }
         let check = (verify && info.kind == TrackKind::Video).then(|| match self.config.e2ee_key {
             Some(k) => {
@@ -1406,6 +1680,16 @@ impl Driver {
             }
             if let Some(Some(c)) = check {
                 t.temporal_packets[usize::from(c.temporal.min(7))] += 1;
+                track_frame_completion(t, c);
+            }
+            if t.audio_timestamps.len() < MAX_HASHES {
+                // The packet's own timestamp is last; the others are RED redundancy.
+                let own = audio_ts.len().saturating_sub(1);
+                for (i, ts) in audio_ts.iter().enumerate() {
+                    if t.audio_timestamps.insert(*ts) && i < own {
+                        t.red_recovered += 1;
+                    }
+                }
             }
             if let Some(Some(c)) = check {
                 // Only packets newer in sequence move the layer: a retransmission of an old
@@ -1436,6 +1720,33 @@ impl Driver {
                 None => {}
             }
         });
+    }
+}
+
+/// Counts frames as they complete; only recent frames are tracked (a frame that never
+/// completes is forgotten after 128 newer ones).
+fn track_frame_completion(t: &mut TrackReport, c: media::VideoCheck) {
+    let e = t.frame_progress.entry(c.frame).or_insert((0, c.count));
+    e.0 += 1;
+    if e.0 == e.1 {
+        t.frames_complete += 1;
+        t.frame_progress.remove(&c.frame);
+    }
+    while t.frame_progress.len() > 128 {
+        t.frame_progress.pop_first();
+    }
+}
+
+impl TrackReport {
+    /// The longest stretch of audio missing after the first frame, in milliseconds at 48 kHz
+    /// (frames neither received nor recovered from RED).
+    pub fn max_audio_gap_ms(&self) -> u64 {
+        let ts: Vec<u32> = self.audio_timestamps.iter().copied().collect();
+        ts.windows(2)
+            .map(|w| u64::from(w[1].wrapping_sub(w[0])) * 1000 / 48_000)
+            .filter(|gap| *gap < 60_000)
+            .max()
+            .map_or(0, |g| g.saturating_sub(20))
     }
 }
 

@@ -49,7 +49,8 @@ impl Peer {
         let config = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
-            .enable_opus(true, false)
+            // RED is negotiated so the client can send it (ClientConfig::red) and take it.
+            .enable_opus(true, true)
             .enable_vp8(true)
             .enable_vp9(true)
             .enable_h264(true)
