@@ -74,6 +74,11 @@ fn assert_clean_switches(r: &Report, publisher: &str) {
         t.max_seq_jump
     );
     assert_eq!(t.ts_backwards, 0, "timestamp went backwards");
+    assert!(
+        t.max_picture_id_jump < 30,
+        "VP8 PictureID jumped by {}",
+        t.max_picture_id_jump
+    );
 }
 
 async fn simulcast_follows_downlinks(e2ee: Option<u64>) {

@@ -211,6 +211,10 @@ pub struct TrackReport {
     pub max_seq_jump: u16,
     /// Packets newer in sequence but older in timestamp than their predecessor.
     pub ts_backwards: u64,
+    /// VP8: largest step of the PictureID between successive pictures (modulo 2^15); a
+    /// simulcast switch without rewriting makes a huge one.
+    pub max_picture_id_jump: u16,
+    last_picture_id: Option<u16>,
     last_ts: Option<u32>,
     highest_seq: Option<u16>,
     /// Video: frames whose every packet arrived (also through retransmission): decodable.
@@ -324,7 +328,10 @@ impl Client {
         Self::connect_with(config, true).await
     }
 
-    async fn connect_with(mut config: ClientConfig, resumable: bool) -> Result<Client, ClientError> {
+    async fn connect_with(
+        mut config: ClientConfig,
+        resumable: bool,
+    ) -> Result<Client, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(config.url.as_str()).await?;
         let (mut sink, mut stream) = ws.split();
         let join = ClientMessage::Join {
@@ -385,7 +392,8 @@ impl Client {
         let (changed_tx, changed) = watch::channel(0u64);
         let (commands, rx) = mpsc::channel(64);
         let url = config.url.clone();
-        let driver = Driver::new(config, report.clone(), changed_tx).await?;
+        let mut driver = Driver::new(config, report.clone(), changed_tx).await?;
+        driver.websocket = true;
         if !resumable {
             let task = tokio::spawn(driver.run(sink, stream, rx));
             return Ok(Client {
@@ -405,7 +413,14 @@ impl Client {
         let (to_ws, from_driver) = mpsc::channel::<Message>(256);
         let (to_driver, from_ws) = mpsc::channel::<WsResult>(256);
         let (cut, cuts) = mpsc::channel(4);
-        tokio::spawn(socket_task(ws, url, resume_token, from_driver, to_driver, cuts));
+        tokio::spawn(socket_task(
+            ws,
+            url,
+            resume_token,
+            from_driver,
+            to_driver,
+            cuts,
+        ));
         let sink = Box::pin(futures_util::sink::unfold(
             to_ws,
             |tx, m: Message| async move {
@@ -762,6 +777,8 @@ struct Driver {
     silent: bool,
     /// A cut network comes back at this time.
     silent_until: Option<Instant>,
+    /// Signaling runs over the WebSocket protocol (which closes after `leave`).
+    websocket: bool,
     version: u64,
     /// WHIP/WHEP session URL and bearer token, for `DELETE` on leave.
     delete_url: Option<(String, String)>,
@@ -849,6 +866,7 @@ impl Driver {
             next_ping: now + Duration::from_secs(15),
             silent: false,
             silent_until: None,
+            websocket: false,
             version: 0,
             delete_url: None,
             pending_whep: None,
@@ -914,6 +932,19 @@ impl Driver {
                 cmd = commands.recv() => match cmd {
                     None | Some(Command::Leave) => {
                         let _ = sink.send(Message::Text(to_json(&ClientMessage::Leave).into())).await;
+                        if self.websocket {
+                            // The server closes once it handled the leave. Closing first could
+                            // reset the connection with the leave unread: the server would take
+                            // it for a dropped connection and keep the participant, resumable.
+                            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                                while let Some(Ok(m)) = stream.next().await {
+                                    if matches!(m, Message::Close(_)) {
+                                        break;
+                                    }
+                                }
+                            })
+                            .await;
+                        }
                         let _ = sink.close().await;
                         if let Some((url, token)) = self.delete_url.take() {
                             let _ = reqwest::Client::new().delete(url).bearer_auth(token).send().await;
@@ -1609,6 +1640,13 @@ impl Driver {
             None => check_vp8(&pkt.payload),
         });
         let h = verify.then(|| hash(&pkt.payload));
+        let is_vp8 = self
+            .subscriber
+            .rtc
+            .codec_config()
+            .find(|c| c.pt() == pkt.header.payload_type)
+            .is_some_and(|c| c.spec().codec == str0m::format::Codec::Vp8);
+        let vp8_picture_id = is_vp8.then(|| vp8_picture_id(&pkt.payload)).flatten();
         // The unwrapped sequence number: for a retransmission the header is the RTX stream's.
         let seq = *pkt.seq_no as u16;
         let rtp_ts = pkt.header.timestamp;
@@ -1660,6 +1698,15 @@ impl Driver {
                     t.ts_backwards += 1;
                 }
                 t.last_ts = Some(rtp_ts);
+                if let Some(pid) = vp8_picture_id
+                    && t.last_picture_id != Some(pid)
+                {
+                    if let Some(last) = t.last_picture_id {
+                        let step = pid.wrapping_sub(last) & 0x7fff;
+                        t.max_picture_id_jump = t.max_picture_id_jump.max(step);
+                    }
+                    t.last_picture_id = Some(pid);
+                }
             }
             if t.first_seq.is_none() {
                 t.first_seq = Some(seq);
@@ -1783,4 +1830,16 @@ async fn recv_opt(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
+}
+
+/// The 15-bit PictureID of a VP8 payload descriptor (RFC 7741), if it has one.
+fn vp8_picture_id(payload: &[u8]) -> Option<u16> {
+    let (b0, b1, b2, b3) = (
+        payload.first()?,
+        payload.get(1)?,
+        payload.get(2)?,
+        payload.get(3)?,
+    );
+    (b0 & 0x80 != 0 && b1 & 0x80 != 0 && b2 & 0x80 != 0)
+        .then(|| (u16::from(b2 & 0x7f) << 8) | u16::from(*b3))
 }

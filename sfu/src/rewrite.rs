@@ -121,6 +121,65 @@ impl Rewriter {
     }
 }
 
+/// Rewrites VP8 PictureID and TL0PICIDX (RFC 7741) so that a simulcast switch continues the
+/// subscriber's picture numbering: libwebrtc's frame reference finder reads a jump as lost
+/// frames. Both fields sit in the payload descriptor, which E2EE leaves clear.
+#[derive(Debug, Clone, Default)]
+pub struct Vp8Rewriter {
+    /// `out = in + delta` (modulo the field width), fixed by the first packet after a switch.
+    pid_delta: Option<u16>,
+    tl0_delta: Option<u8>,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+/// The VP8 fields of one packet: PictureID with its width (`true` = 15-bit), TL0PICIDX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Fields {
+    pub picture_id: Option<(u16, bool)>,
+    pub tl0_pic_idx: Option<u8>,
+}
+
+impl Vp8Rewriter {
+    /// The next packet comes from another simulcast layer.
+    pub fn switch_source(&mut self) {
+        self.pid_delta = None;
+        self.tl0_delta = None;
+    }
+
+    /// The outgoing fields for a packet; `newest` says it is the highest sequence number sent
+    /// so far (only those advance the numbering a later switch continues from).
+    pub fn rewrite(&mut self, fields: Vp8Fields, newest: bool) -> Vp8Fields {
+        let picture_id = fields.picture_id.map(|(pid, wide)| {
+            let mask: u16 = if wide { 0x7fff } else { 0x7f };
+            let delta = *self.pid_delta.get_or_insert_with(|| {
+                self.last_pid
+                    .map_or(0, |last| last.wrapping_add(1).wrapping_sub(pid))
+            });
+            let out = pid.wrapping_add(delta) & mask;
+            if newest {
+                self.last_pid = Some(out);
+            }
+            (out, wide)
+        });
+        let tl0_pic_idx = fields.tl0_pic_idx.map(|tl0| {
+            let delta = *self.tl0_delta.get_or_insert_with(|| {
+                self.last_tl0
+                    .map_or(0, |last| last.wrapping_add(1).wrapping_sub(tl0))
+            });
+            let out = tl0.wrapping_add(delta);
+            if newest {
+                self.last_tl0 = Some(out);
+            }
+            out
+        });
+        Vp8Fields {
+            picture_id,
+            tl0_pic_idx,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +249,46 @@ mod tests {
         r.skip(15);
         assert_eq!(r.rewrite(14, 0).unwrap().0, 102);
         assert_eq!(r.rewrite(16, 0).unwrap().0, 103);
+    }
+
+    fn vp8(pid: u16, tl0: u8) -> Vp8Fields {
+        Vp8Fields {
+            picture_id: Some((pid, true)),
+            tl0_pic_idx: Some(tl0),
+        }
+    }
+
+    #[test]
+    fn vp8_numbering_continues_across_a_switch() {
+        let mut r = Vp8Rewriter::default();
+        // The first source passes unchanged.
+        assert_eq!(r.rewrite(vp8(100, 7), true), vp8(100, 7));
+        assert_eq!(r.rewrite(vp8(101, 8), true), vp8(101, 8));
+        // Another layer with its own numbering: it continues at 102 / 9.
+        r.switch_source();
+        assert_eq!(r.rewrite(vp8(30_000, 200), true), vp8(102, 9));
+        assert_eq!(r.rewrite(vp8(30_001, 200), true), vp8(103, 9));
+        // A late retransmission maps the same way but does not move the numbering.
+        assert_eq!(r.rewrite(vp8(29_999, 199), false), vp8(101, 8));
+        r.switch_source();
+        assert_eq!(r.rewrite(vp8(5, 0), true), vp8(104, 10));
+    }
+
+    #[test]
+    fn vp8_numbering_wraps_in_the_field_width() {
+        let mut r = Vp8Rewriter::default();
+        r.rewrite(vp8(0x7fff, 255), true);
+        r.switch_source();
+        assert_eq!(r.rewrite(vp8(10, 3), true), vp8(0, 0));
+        // A 7-bit PictureID stays within 7 bits.
+        let mut short = Vp8Rewriter::default();
+        let seven = |pid| Vp8Fields {
+            picture_id: Some((pid, false)),
+            tl0_pic_idx: None,
+        };
+        short.rewrite(seven(127), true);
+        short.switch_source();
+        assert_eq!(short.rewrite(seven(50), true), seven(0));
     }
 
     #[test]

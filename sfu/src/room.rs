@@ -13,7 +13,7 @@ use crate::api::{EventSender, ParticipantKind};
 use crate::bitrate::BitrateMeter;
 use crate::keyframe::KeyframeThrottle;
 use crate::layer::{SimulcastSelector, SvcSelector};
-use crate::rewrite::Rewriter;
+use crate::rewrite::{Rewriter, Vp8Rewriter};
 use crate::session::SessionId;
 
 pub(crate) type ParticipantId = u64;
@@ -133,6 +133,8 @@ pub(crate) struct Subscription {
     /// True once the m-line is negotiated (answer accepted, or WHEP answer sent).
     pub negotiated: bool,
     pub rewriter: Rewriter,
+    /// VP8 picture numbering across simulcast switches.
+    pub vp8: Vp8Rewriter,
     /// Which layer flows (video); audio always flows. For simulcast and single-stream video it
     /// decides; for an SVC track it carries the allocation's grant and `svc` decides.
     pub selector: SimulcastSelector,

@@ -1017,6 +1017,7 @@ impl WorkerCore {
             mid,
             negotiated: mid.is_some(),
             rewriter: Rewriter::new(rng.gen_range(1..30_000), rng.r#gen()),
+            vp8: Default::default(),
             selector: SimulcastSelector::default(),
             svc: track.svc.then(Default::default),
             keyframe_wait_since: None,

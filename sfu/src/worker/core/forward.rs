@@ -7,15 +7,26 @@ use std::time::{Duration, Instant};
 
 use moien_protocol::TrackKind;
 use str0m::media::KeyframeRequestKind;
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 
 use super::WorkerCore;
 use crate::descriptor::parse_vp9;
 use crate::keyframe::is_keyframe_start;
 use crate::layer::Verdict;
+use crate::rewrite::Vp8Fields;
 use crate::room::{SubscriptionId, TrackId};
 use crate::session::SessionId;
 use str0m::format::Codec;
+
+/// PictureID (with its width) and TL0PICIDX of a parsed VP8 descriptor.
+fn vp8_fields(desc: &Vp8Descriptor, payload: &[u8]) -> Vp8Fields {
+    // The M bit of the first PictureID octet (third descriptor octet) says 15-bit.
+    let wide = payload.get(2).is_some_and(|b| b & 0x80 != 0);
+    Vp8Fields {
+        picture_id: desc.picture_id().map(|p| (p, wide)),
+        tl0_pic_idx: desc.tl0_pic_idx(),
+    }
+}
 
 /// A subscription still waiting for a keyframe after this long asks again, so a switch never
 /// waits much more than a second.
@@ -100,6 +111,11 @@ impl WorkerCore {
                 }
             }
         }
+        // VP8 simulcast: the descriptor's picture numbering is rewritten per subscriber.
+        let vp8 = (codec == Codec::Vp8 && !red && track.layers.len() > 1)
+            .then(|| Vp8Descriptor::parse(&pkt.payload).ok())
+            .flatten()
+            .map(|d| (d, vp8_fields(&d, &pkt.payload)));
         let svc = track.svc;
         let Some(l) = track.layers.get_mut(layer) else {
             return;
@@ -161,6 +177,7 @@ impl WorkerCore {
                                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                             let ticks = (gap.as_micros() as u64 * clock / 1_000_000) as u32;
                             sub.rewriter.switch_source(ticks);
+                            sub.vp8.switch_source();
                             self.stats.layer_switches += 1;
                         }
                     }
@@ -192,10 +209,26 @@ impl WorkerCore {
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
             };
-            let write = RtpWrite::new(out_pt, out_seq.into(), out_ts, pkt.timestamp, payload)
+            let mut write = RtpWrite::new(out_pt, out_seq.into(), out_ts, pkt.timestamp, payload)
                 .marker(marker)
                 .nackable(video)
                 .ext_vals(ext.clone());
+            if let Some((desc, fields)) = &vp8 {
+                let newest = sub.rewriter.highest_out_seq() == Some(out_seq);
+                let out = sub.vp8.rewrite(*fields, newest);
+                if out != *fields {
+                    let mut patch = desc.patch();
+                    if let Some((pid, _)) = out.picture_id {
+                        patch = patch.picture_id(pid);
+                    }
+                    if let Some(tl0) = out.tl0_pic_idx {
+                        patch = patch.tl0_pic_idx(tl0);
+                    }
+                    if let Ok(patch) = patch.build() {
+                        write = write.vp8_patch(patch);
+                    }
+                }
+            }
             let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
             if r.is_err() {
                 out.failed = true;
