@@ -3,13 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps deps-run build lint test-rust test-browser bench bench-turn clean
+.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn clean
 
 run: deps-run
 	$(CARGO) build --release --bin moien
 	./target/release/moien serve --dev
 
-test: deps lint test-rust test-browser
+test: deps lint test-rust test-api test-browser
 
 deps:
 	@scripts/install-deps.sh test
@@ -23,6 +23,11 @@ lint:
 
 test-rust:
 	$(CARGO) test --workspace
+
+# The admin API against its OpenAPI description (schemathesis from PyPI, in a venv under target/).
+test-api:
+	$(CARGO) build --bin moien
+	scripts/api-conformance.sh
 
 # The binary the Rust tests built (same features: no second build of the dependencies).
 test-browser:

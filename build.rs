@@ -10,12 +10,19 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=MOIEN_GIT_COMMIT");
+    // It becomes a label value: a short, plain token whatever a packager passes.
     let commit = std::env::var("MOIEN_GIT_COMMIT")
         .ok()
-        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            c.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|c| !c.is_empty())
         .or_else(git_commit)
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=MOIEN_GIT_COMMIT={}", commit.trim());
+    println!("cargo:rustc-env=MOIEN_GIT_COMMIT={commit}");
 }
 
 fn git_commit() -> Option<String> {

@@ -6,8 +6,12 @@ set -euo pipefail
 what="${1:-test}"
 packages=(pkg-config cmake libopus-dev)
 if [ "$what" = test ]; then
-  # chromium: browser tests; coturn: turnutils_uclient/turnutils_peer against our TURN server.
-  packages+=(chromium nodejs npm coturn)
+  # chromium: browser tests; coturn: turnutils_uclient/turnutils_peer against our TURN server;
+  # prometheus: tests/observability.rs runs /usr/bin/prometheus and promtool on loopback;
+  # janus: the load tester's peer SFU (loadtest/tests/janus.rs).
+  packages+=(chromium nodejs npm coturn prometheus janus)
+  # python3-venv: scripts/api-conformance.sh installs schemathesis (PyPI) in a venv.
+  packages+=(python3-venv)
 fi
 
 missing=()
@@ -31,6 +35,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if printf '%s\n' "${missing[@]}" | grep -qx coturn; then
     $sudo systemctl disable --now coturn >/dev/null 2>&1 || true
     $sudo service coturn stop >/dev/null 2>&1 || true
+  fi
+  # Only the binaries are wanted: the tests start their own Prometheus on a free port; the
+  # packaged daemon would listen on 9090 and scrape nothing of ours.
+  if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+    $sudo service prometheus stop >/dev/null 2>&1 || true
+  fi
+  # Janus too: the load tester starts its own, with a generated loopback configuration.
+  if printf '%s\n' "${missing[@]}" | grep -qx janus; then
+    $sudo systemctl disable --now janus >/dev/null 2>&1 || true
+    $sudo service janus stop >/dev/null 2>&1 || true
   fi
 fi
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use moien_sfu::MediaConfig;
 use moien_signaling::SignalingConfig;
+use moien_signaling::config::{LimitsConfig, RoomsConfig, WebhookConfig};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
@@ -18,13 +19,20 @@ pub struct Config {
     pub turn: turn::TurnConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub rooms: RoomsConfig,
+    pub webhooks: WebhookConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret that signs access tokens. Required outside dev mode.
+    /// HS256 secret that signs access tokens without `iss`. Required outside dev mode unless
+    /// `keys` has one.
     pub secret: String,
+    /// API keys: key id (a token's `iss`) → secret. Several at once allow rotation; removing one
+    /// retires its tokens.
+    pub keys: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ pub mod config;
 pub mod metrics;
 pub mod probe;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ const TURN_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 pub struct Node {
     /// Signaling HTTP address (absent with `--role turn`).
     pub http: SocketAddr,
+    /// Whether `http` serves HTTPS/WSS (a certificate is configured).
+    pub https: bool,
     pub media_addrs: Vec<SocketAddr>,
     pub media: Option<Arc<MediaNode>>,
     pub turn: Option<turn::TurnHandle>,
@@ -53,7 +55,9 @@ impl Node {
 
     pub async fn start_roles(config: Config, role: Role) -> anyhow::Result<Node> {
         anyhow::ensure!(
-            !config.auth.secret.is_empty() || !config.turn.secrets.is_empty(),
+            !config.auth.secret.is_empty()
+                || !config.auth.keys.is_empty()
+                || !config.turn.secrets.is_empty(),
             "no API secret: set [auth] secret, MOIEN_SECRET or --secret (or use --dev)"
         );
         let registry = metrics::node_registry(&metrics::node_name(&config.metrics))
@@ -64,7 +68,7 @@ impl Node {
             metrics::MetricsServer::start(config.metrics.listen, registry.clone()).await?;
         let media = if role == Role::All {
             anyhow::ensure!(
-                !config.auth.secret.is_empty(),
+                !config.auth.secret.is_empty() || !config.auth.keys.is_empty(),
                 "no API secret: set [auth] secret, MOIEN_SECRET or --secret (or use --dev)"
             );
             Some(MediaNode::start(config.media.clone()).context("starting media workers")?)
@@ -88,6 +92,10 @@ impl Node {
             Some(media) => {
                 let mut signaling = config.signaling.clone();
                 signaling.secret = config.auth.secret.clone();
+                signaling.keys = config.auth.keys.clone();
+                signaling.rooms = config.rooms.clone();
+                signaling.webhooks = config.webhooks.clone();
+                signaling.limits = config.limits.clone();
                 let signaling_metrics = SignalingMetrics::new();
                 signaling_metrics
                     .register(&registry)
@@ -100,8 +108,10 @@ impl Node {
             }
             None => (None, SocketAddr::from(([0, 0, 0, 0], 0))),
         };
+        let https = server.as_ref().is_some_and(|s| s.tls);
         Ok(Node {
             http,
+            https,
             media_addrs,
             media,
             turn,
@@ -125,6 +135,9 @@ impl Node {
     }
 }
 
+/// The TURNS port (RFC 7065) used when a certificate is configured and no TLS listener is.
+const DEFAULT_TURNS_PORT: u16 = 5349;
+
 /// TURN with the API secret unless it has its own, allowing relays to our own media sockets.
 async fn start_turn(
     config: &Config,
@@ -136,7 +149,16 @@ async fn start_turn(
         return Ok(None);
     }
     if tc.secrets.is_empty() {
-        tc.secrets = vec![config.auth.secret.clone()];
+        tc.secrets = vec![api_secret(config)];
+    }
+    // A certificate is all it takes to get TURNS: on 5349 beside the first UDP listener's address.
+    if tc.listen_tls.is_empty() && tc.tls_cert_path.is_some() && tc.tls_key_path.is_some() {
+        let ip = tc
+            .listen_udp
+            .first()
+            .or(tc.listen_tcp.first())
+            .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+        tc.listen_tls = vec![SocketAddr::new(ip, DEFAULT_TURNS_PORT)];
     }
     // Relayed calls reach the SFU's media sockets (also on loopback or a private network),
     // and only those of our own ports.
@@ -173,7 +195,7 @@ fn ice_provider(
         .secrets
         .first()
         .cloned()
-        .unwrap_or_else(|| config.auth.secret.clone());
+        .unwrap_or_else(|| api_secret(config));
     Arc::new(move |identity: &str| {
         // A pseudonymous user id: TURN usernames travel in clear.
         let user = pseudonym(identity);
@@ -184,6 +206,21 @@ fn ice_provider(
             credential: Some(c.password),
         }]
     })
+}
+
+/// The API secret other roles borrow: `[auth] secret`, else the first of `[auth] keys`.
+fn api_secret(config: &Config) -> String {
+    if config.auth.secret.is_empty() {
+        config
+            .auth
+            .keys
+            .values()
+            .next()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        config.auth.secret.clone()
+    }
 }
 
 /// A stable, non-reversible stand-in for an identity in TURN usernames.

@@ -1,4 +1,5 @@
-//! `moien`: the command line. `serve` runs the roles, `token` mints access tokens.
+//! `moien`: the command line. `serve` runs the roles, `token` mints access tokens, `probe`
+//! places synthetic calls and exports their quality as metrics.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -6,13 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use moien::probe::{DEFAULT_PROBE_LISTEN, ProbeConfig, ProbeMetrics};
 use moien::{Config, Node, Role, config::DEV_SECRET};
 use moien_signaling::auth;
+
+mod admin_cli;
 
 #[derive(Parser)]
 #[command(
     name = "moien",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MOIEN_GIT_COMMIT"), ")"),
     about = "Sovereign media backend for end-to-end encrypted calls"
 )]
 struct Cli {
@@ -26,6 +30,52 @@ enum Command {
     Serve(ServeArgs),
     /// Print an access token (HS256 JWT) the server accepts.
     Token(TokenArgs),
+    /// Rooms through the admin API: list, create, delete.
+    #[command(subcommand)]
+    Rooms(admin_cli::RoomsCommand),
+    /// Participants through the admin API: list, remove.
+    #[command(subcommand)]
+    Participants(admin_cli::ParticipantsCommand),
+    /// Place a two-party test call every interval and export its quality as metrics.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The server's HTTP address, e.g. http://127.0.0.1:7880 (or its ws://.../rtc URL).
+    #[arg(long)]
+    url: String,
+    /// API secret of that server: the probe mints its own short-lived tokens.
+    #[arg(long, env = "MOIEN_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Time between calls.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Tone measured per call.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// A call taking longer than this fails.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Listener of the probe's own /metrics and /status; port 0 picks a free one.
+    #[arg(long, default_value_t = DEFAULT_PROBE_LISTEN)]
+    listen: SocketAddr,
+    /// `node` label of the probe's metrics: the name of the node it probes (default: the URL's
+    /// host name, or `probe` when that is an address).
+    #[arg(long)]
+    node: Option<String>,
+    /// The receiving side relays through the server's TURN (checks TURN as well).
+    #[arg(long)]
+    relay: bool,
+    /// Drop this fraction of media packets at the receiver (an alerting drill).
+    #[arg(long, default_value_t = 0.0)]
+    inject_loss: f64,
+    /// Local address of the probe's media sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Place one call, print its figures as JSON and exit (non-zero if it failed).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +117,7 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct TokenArgs {
+    /// The room; `*` with --admin for an every-room admin token.
     #[arg(long)]
     room: String,
     #[arg(long)]
@@ -74,20 +125,45 @@ struct TokenArgs {
     /// Display name.
     #[arg(long, default_value = "")]
     name: String,
+    /// Application metadata of the participant (shown to the room).
+    #[arg(long, default_value = "")]
+    metadata: String,
     /// Grant publishing.
     #[arg(long)]
     publish: bool,
     /// Grant subscribing.
     #[arg(long)]
     subscribe: bool,
+    /// Grant sending data messages (without it, data follows --publish).
+    #[arg(long)]
+    publish_data: bool,
+    /// Sources it may publish (default: any): camera, microphone, screen.
+    #[arg(long, value_delimiter = ',', value_parser = parse_source)]
+    sources: Vec<moien_protocol::TrackSource>,
+    /// Observer: receives, never announced to the room.
+    #[arg(long)]
+    hidden: bool,
+    /// Grant the room admin API for --room (every room with --room '*').
+    #[arg(long)]
+    admin: bool,
     /// Lifetime, e.g. 30m, 1h, 2d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
-    /// API secret (default: [auth] secret of --config, else the dev secret).
-    #[arg(long, env = "MOIEN_SECRET", hide_env_values = true)]
-    secret: Option<String>,
-    #[arg(long, env = "MOIEN_CONFIG")]
-    config: Option<PathBuf>,
+    /// Valid only from this long from now on, e.g. 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    not_before: Option<Duration>,
+    #[command(flatten)]
+    key: admin_cli::KeyArgs,
+}
+
+fn parse_source(s: &str) -> Result<moien_protocol::TrackSource, String> {
+    use moien_protocol::TrackSource;
+    match s.trim() {
+        "camera" => Ok(TrackSource::Camera),
+        "microphone" => Ok(TrackSource::Microphone),
+        "screen" => Ok(TrackSource::Screen),
+        other => Err(format!("{other:?}: one of camera, microphone, screen")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,33 +171,105 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Rooms(c) => admin_cli::rooms(c),
+        Command::Participants(c) => admin_cli::participants(c),
+        Command::Probe(args) => probe(args),
     }
 }
 
-fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let secret = match args.secret {
-        Some(s) => s,
-        None => {
-            let c = Config::load(args.config.as_deref(), std::env::vars())?;
-            if c.auth.secret.is_empty() {
-                DEV_SECRET.to_string()
-            } else {
-                c.auth.secret
-            }
+fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.inject_loss),
+        "--inject-loss is a fraction in [0, 1)"
+    );
+    let mut cfg = ProbeConfig::new(args.url.clone(), args.secret);
+    cfg.duration = args.duration;
+    cfg.timeout = args.timeout;
+    cfg.relay = args.relay;
+    cfg.inject_loss = args.inject_loss;
+    cfg.bind_ip = args.bind;
+    cfg.ws_url()?;
+    init_logging(&moien::config::LogConfig::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("moien-probe")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        if args.once {
+            let r = moien::probe::call_once(&cfg).await;
+            return match r {
+                Ok(c) => {
+                    println!("{}", serde_json::to_string(&c)?);
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!("probe call failed: {e}")),
+            };
         }
+        let node = args
+            .node
+            .as_deref()
+            .and_then(moien::metrics::sanitize_label)
+            .unwrap_or_else(|| probe_node_name(&args.url));
+        // Only moien_probe_*: process metrics and build info would pass the probe off as a node
+        // (its `node` label is the probed node's name).
+        let registry = moien::metrics::node_registry(&node)?;
+        let metrics = ProbeMetrics::new(&registry)?;
+        let server = moien::metrics::MetricsServer::start(args.listen, registry).await?;
+        println!("moien probe {} of {}", env!("CARGO_PKG_VERSION"), args.url);
+        println!("  node     {node}");
+        // The metrics line comes last: scripts wait for it.
+        println!("  metrics  http://{}/metrics", server.local_addr);
+        moien::probe::run(cfg, args.interval, metrics, shutdown_signal()).await;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The URL's host when it is a name (one probe per node), else `probe`: label values never
+/// carry addresses.
+fn probe_node_name(url: &str) -> String {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
     };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        return "probe".into();
+    }
+    moien::metrics::sanitize_label(host).unwrap_or_else(|| "probe".into())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let (kid, secret) = args.key.signing()?;
     let now = auth::now_unix();
-    let claims = auth::Claims {
+    let claims = auth::AccessClaims {
+        iss: kid,
         sub: args.identity,
-        room: args.room,
-        exp: now + args.ttl.as_secs(),
-        nbf: None,
+        exp: now + args.not_before.map_or(0, |d| d.as_secs()) + args.ttl.as_secs(),
+        nbf: args.not_before.map(|d| now + d.as_secs()),
         iat: Some(now),
         name: args.name,
-        grants: auth::Grants {
+        metadata: args.metadata,
+        grants: auth::AccessGrants {
+            // An every-room token administers; it joins nothing.
+            join: args.room != auth::ANY_ROOM,
             publish: args.publish,
             subscribe: args.subscribe,
+            publish_data: args.publish_data.then_some(true),
+            sources: args.sources,
+            hidden: args.hidden,
+            room_admin: args.admin,
+            recorder: false,
         },
+        room: args.room,
     };
     println!("{}", auth::mint(&secret, &claims)?);
     Ok(())
@@ -190,10 +338,15 @@ fn print_banner(node: &Node, dev: bool, secret: &str) {
     println!("moien {}{mode}", env!("CARGO_PKG_VERSION"));
     if node.media.is_some() {
         println!(
-            "  http     http://{}  call page, /rtc, /whip, /whep",
+            "  http     {}://{}  call page, /rtc, /whip, /whep, /api/v1",
+            if node.https { "https" } else { "http" },
             node.http
         );
     }
+    println!(
+        "  metrics  http://{}/metrics  (and /status)",
+        node.metrics_addr
+    );
     if let Some(t) = &node.turn {
         let mut listeners: Vec<String> = Vec::new();
         listeners.extend(t.udp_addrs.iter().map(|a| format!("udp {a}")));
@@ -211,7 +364,11 @@ fn print_banner(node: &Node, dev: bool, secret: &str) {
         .iter()
         .map(|a| format!("udp {a}"))
         .collect();
-    println!("  media    {}", media.join(", "));
+    if media.is_empty() {
+        println!("  media    none (role without media)");
+    } else {
+        println!("  media    {}", media.join(", "));
+    }
 }
 
 async fn shutdown_signal() {

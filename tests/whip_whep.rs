@@ -231,3 +231,58 @@ async fn whip_and_whep_refusals() {
     b.leave().await.unwrap();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_answers_carry_turn_servers_in_link_headers() {
+    let node = start_node().await;
+    let base = http_url(&node);
+    let sdp = valid_offer(&node).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/whip/links"))
+        .bearer_auth(token("links", "cam", true, false))
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let links: Vec<String> = resp
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    // RFC 9725 section 4.6: our own TURN server, with short-lived credentials; nothing else.
+    assert!(!links.is_empty(), "no Link header");
+    let turn = node.turn.as_ref().unwrap();
+    for l in &links {
+        assert!(l.contains("rel=\"ice-server\""), "{l}");
+        assert!(
+            l.starts_with("<turn:127.0.0.1:") || l.starts_with("<turns:"),
+            "{l}"
+        );
+        assert!(
+            l.contains("username=\"") && l.contains("credential=\""),
+            "{l}"
+        );
+    }
+    let udp_port = turn.udp_addrs[0].port();
+    assert!(
+        links
+            .iter()
+            .any(|l| l.contains(&format!(":{udp_port}?transport=udp"))),
+        "{links:?}"
+    );
+    // The username is `<expiry>:<pseudonym>`, never the identity, and expires within a day.
+    let user = links[0]
+        .split("username=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let (expiry, pseudonym) = user.split_once(':').unwrap();
+    assert_ne!(pseudonym, "cam");
+    let expiry: u64 = expiry.parse().unwrap();
+    let now = moien_signaling::auth::now_unix();
+    assert!(expiry > now && expiry <= now + 86_400);
+    node.shutdown().await;
+}

@@ -117,5 +117,6 @@ fn spawn(driver: Driver, report: Arc<Mutex<Report>>, changed: watch::Receiver<u6
             name: String::new(),
             tracks: Vec::new(),
         },
+        cut: None,
     }
 }

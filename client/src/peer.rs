@@ -195,7 +195,9 @@ impl Drop for Peer {
     /// Frees the TURN allocation right away: per-user quotas count live allocations, and a
     /// probe that calls every few seconds would otherwise run into them.
     fn drop(&mut self) {
-        if let Some(r) = self.relay.as_mut() {
+        if let Some(r) = self.relay.as_mut()
+            && !self.silent
+        {
             let bye = r.deallocate();
             let _ = self.socket.try_send_to(&bye, r.server);
         }

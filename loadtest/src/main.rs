@@ -188,7 +188,7 @@ fn scenario(a: &RunArgs) -> Scenario {
     s
 }
 
-async fn run(a: RunArgs) -> anyhow::Result<bool> {
+async fn run(a: RunArgs) -> anyhow::Result<Outcome> {
     let s = scenario(&a);
     s.validate()?;
     if a.duration < Duration::from_secs(1) || a.duration > Duration::from_secs(4 * 3_600) {
@@ -206,7 +206,8 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             moien_loadtest::scenario::MAX_PARTICIPANTS
         );
     }
-    if !(0.0..=100.0).contains(&a.max_loss_percent) || a.max_p99_ms <= 0.0 {
+    if !(0.0..=100.0).contains(&a.max_loss_percent) || a.max_p99_ms.is_nan() || a.max_p99_ms <= 0.0
+    {
         bail!("--max-loss-percent must be 0..=100 and --max-p99-ms positive");
     }
     if a.target != TargetKind::Moien && a.simulcast {
@@ -256,26 +257,47 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         ramp,
         sender_pacing: a.sender_pacing,
         progress: !a.quiet,
+        announce_phases: true,
     };
     let result = runner::run(opts).await?;
-    let stem = format!(
-        "{}-{}{}",
-        result.scenario,
-        result.target,
-        if result.ramp.is_some() { "-ramp" } else { "" }
-    );
-    let json = a.out.join(format!("{stem}.json"));
-    let html = a.out.join(format!("{stem}.html"));
-    result.write_json(&json)?;
-    result.write_html(&html)?;
+    let (json, html) = result.write_reports(&a.out)?;
     print!("{}", report::text_table(&result));
     println!("  reports: {} {}", json.display(), html.display());
     if let Some(path) = &a.results {
         report::append_record(path, result.bench_record())?;
     }
+    if result.interrupted {
+        return Ok(Outcome::Interrupted);
+    }
     // A fixed run that could not bring everyone in failed; a ramp stopping on a failed join
     // has found its limit.
-    Ok(result.errors.is_empty() || result.ramp.is_some())
+    Ok(if result.errors.is_empty() || result.ramp.is_some() {
+        Outcome::Done
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// How a run ended, for the exit status.
+enum Outcome {
+    Done,
+    /// Some participants could not join: exit status 1.
+    Failed,
+    /// Ctrl-C: the partial report is written, then the process ends by SIGINT, as a shell (and
+    /// `bench.sh`) expects of a program that handled Ctrl-C.
+    Interrupted,
+}
+
+/// Ends the process by SIGINT with its default action (after the reports are written).
+fn die_by_sigint() -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: resetting a signal's disposition and raising it are plain syscalls.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::raise(libc::SIGINT);
+    }
+    std::process::exit(130)
 }
 
 fn main() -> std::process::ExitCode {
@@ -310,12 +332,16 @@ fn real_main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let ok = rt.block_on(run(*args))?;
+            let outcome = rt.block_on(run(*args))?;
             rt.shutdown_timeout(Duration::from_secs(2));
-            if !ok {
-                std::process::exit(1);
+            match outcome {
+                Outcome::Done => Ok(()),
+                Outcome::Failed => std::process::exit(1),
+                Outcome::Interrupted => {
+                    eprintln!("moien-loadtest: interrupted; the partial report is written");
+                    die_by_sigint()
+                }
             }
-            Ok(())
         }
     }
 }

@@ -43,6 +43,11 @@ impl MoienTarget {
             &workers.to_string(),
         ])
         .env("RUST_LOG", "warn")
+        // Only signaling and media are under test: no TURN listener (its default port, 3478, may
+        // be another server's), metrics on a free port.
+        .env("MOIEN_TURN_LISTEN_UDP", "[]")
+        .env("MOIEN_TURN_LISTEN_TCP", "[]")
+        .env("MOIEN_METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())

@@ -3,7 +3,7 @@
 //! inline SVG charts (no script, no network).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
@@ -262,6 +262,27 @@ impl RunResult {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, html(self)).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The reports' file stem: `<scenario>-<target>[-ramp]`.
+    pub fn file_stem(&self) -> String {
+        format!(
+            "{}-{}{}",
+            self.scenario,
+            self.target,
+            if self.ramp.is_some() { "-ramp" } else { "" }
+        )
+    }
+
+    /// Writes the JSON and HTML reports into `dir` (what the binary does at the end of a run);
+    /// returns their paths.
+    pub fn write_reports(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let stem = self.file_stem();
+        let json = dir.join(format!("{stem}.json"));
+        let html = dir.join(format!("{stem}.html"));
+        self.write_json(&json)?;
+        self.write_html(&html)?;
+        Ok((json, html))
     }
 }
 

@@ -91,6 +91,47 @@ pub struct RunOptions {
     /// Publishers pace their media through str0m's pacer (as browsers do).
     pub sender_pacing: bool,
     pub progress: bool,
+    /// Print `moien-loadtest: phase <name>` on stderr as the run moves on (`starting`,
+    /// `joining`, `warmup`, `measuring`, `step <n>`, `stopping`), for scripts and tests that
+    /// drive the binary.
+    pub announce_phases: bool,
+}
+
+/// Prints a phase line (see [`RunOptions::announce_phases`]) without tearing the progress bar.
+fn announce(opts: &RunOptions, bar: &ProgressBar, phase: &str) {
+    if opts.announce_phases {
+        bar.suspend(|| eprintln!("moien-loadtest: phase {phase}"));
+    }
+}
+
+/// Ctrl-C (SIGINT), watched from the start of a run to its end: a signal that arrives between
+/// two waits is kept, not lost, and the handler is in place before the target starts.
+#[derive(Clone)]
+struct Interrupt(tokio::sync::watch::Receiver<bool>);
+
+impl Interrupt {
+    /// Installs the handler now (not at a task's first poll) and returns the flag with the task
+    /// that sets it (abort it when the run is over).
+    fn watch() -> anyhow::Result<(Interrupt, tokio::task::JoinHandle<()>)> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sig = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            if sig.recv().await.is_some() {
+                let _ = tx.send(true);
+            }
+        });
+        Ok((Interrupt(rx), task))
+    }
+
+    /// Resolves once Ctrl-C was pressed (at once if it already was).
+    async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|v| *v).await.is_err() {
+            // The watcher is gone (end of the run): no Ctrl-C will come through it.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 enum Target {
@@ -200,6 +241,7 @@ struct Run {
     samples: Vec<Sample>,
     participants: usize,
     progress: ProgressBar,
+    interrupt: Interrupt,
 }
 
 impl Run {
@@ -252,7 +294,8 @@ impl Run {
         })
     }
 
-    /// Samples once a second for `d` (or until Ctrl-C); false when interrupted.
+    /// Samples once a second for `d` (or until Ctrl-C, then once more so that the figures run
+    /// up to the interruption); false when interrupted.
     async fn hold(&mut self, d: Duration, phase: &'static str, interrupted: &mut bool) -> bool {
         let end = tokio::time::Instant::now() + d;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -265,8 +308,9 @@ impl Run {
             let next = (now + Duration::from_secs(1)).min(end);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
-                _ = tokio::signal::ctrl_c() => {
+                _ = self.interrupt.wait() => {
                     *interrupted = true;
+                    self.sample(phase);
                     return false;
                 }
             }
@@ -357,14 +401,29 @@ impl Window {
     }
 }
 
-/// Runs the scenario; always stops the target, also on error.
+/// Runs the scenario; always stops the target, also on error. Ctrl-C ends the run early with a
+/// partial result (`interrupted`); participants leave and the target stops either way.
 pub async fn run(opts: RunOptions) -> anyhow::Result<RunResult> {
     opts.scenario.validate()?;
     raise_fd_limit();
-    let mut target = Target::start(&opts.target)
-        .await
-        .with_context(|| format!("starting target {}", opts.target.kind()))?;
-    let r = drive(&opts, &mut target).await;
+    let (interrupt, watcher) = Interrupt::watch()?;
+    let r = run_with(&opts, interrupt).await;
+    watcher.abort();
+    r
+}
+
+async fn run_with(opts: &RunOptions, interrupt: Interrupt) -> anyhow::Result<RunResult> {
+    let quiet = ProgressBar::hidden();
+    announce(opts, &quiet, "starting");
+    // Dropping a half-started target kills its process (kill_on_drop) and its namespace.
+    let mut target = tokio::select! {
+        t = Target::start(&opts.target) => {
+            t.with_context(|| format!("starting target {}", opts.target.kind()))?
+        }
+        _ = interrupt.wait() => anyhow::bail!("interrupted while starting target {}", opts.target.kind()),
+    };
+    let r = drive(opts, &mut target, interrupt).await;
+    announce(opts, &quiet, "stopping");
     let (result, joined) = match r {
         Ok(x) => x,
         Err(e) => {
@@ -377,7 +436,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunResult> {
     Ok(result)
 }
 
-async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunResult, Vec<Joined>)> {
+async fn drive(
+    opts: &RunOptions,
+    target: &mut Target,
+    interrupt: Interrupt,
+) -> anyhow::Result<(RunResult, Vec<Joined>)> {
     let collector = Arc::new(Collector::default());
     let progress = if opts.progress {
         ProgressBar::new(0)
@@ -395,6 +458,7 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
         samples: Vec::new(),
         participants: 0,
         progress,
+        interrupt: interrupt.clone(),
     };
     let baseline = run.pid.and_then(procstat::sample);
     run.sample("start");
@@ -419,9 +483,16 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
                 .set_length(run.progress.length().unwrap_or(0) + 1);
             run.progress
                 .set_message(format!("step {step}: joining {adding} participants"));
-            if let Err(e) =
-                join_groups(opts, target, &collector, &groups, &mut run, &mut joined).await
-            {
+            announce(opts, &run.progress, &format!("step {step}"));
+            let r = tokio::select! {
+                r = join_groups(opts, target, &collector, &groups, &mut run, &mut joined) => r,
+                _ = interrupt.wait() => {
+                    interrupted = true;
+                    stop_reason = "interrupted".into();
+                    break;
+                }
+            };
+            if let Err(e) = r {
                 stop_reason = format!("join failed: {e:#}");
                 errors.push(stop_reason.clone());
                 break;
@@ -498,6 +569,7 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
         run.progress.set_length(total as u64);
         run.progress
             .set_message(format!("joining {total} participants"));
+        announce(opts, &run.progress, "joining");
         let mut joined_ok = true;
         tokio::select! {
             r = join_groups(opts, target, &collector, &groups, &mut run, &mut joined) => {
@@ -506,8 +578,9 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
                     joined_ok = false;
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.wait() => {
                 interrupted = true;
+                run.sample("joining");
             }
         }
         groups_in = groups;
@@ -515,8 +588,12 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
         run.progress
             .set_length(opts.warmup.as_secs() + opts.duration.as_secs());
         let mut measured = None;
+        if joined_ok && !interrupted {
+            announce(opts, &run.progress, "warmup");
+        }
         if joined_ok && !interrupted && run.hold(opts.warmup, "warmup", &mut interrupted).await {
             let a = run.sample("measure");
+            announce(opts, &run.progress, "measuring");
             run.hold(opts.duration, "measure", &mut interrupted).await;
             let b = run.samples.len() - 1;
             if b > a {
@@ -549,6 +626,8 @@ async fn drive(opts: &RunOptions, target: &mut Target) -> anyhow::Result<(RunRes
         .position(|s| s.phase != "start")
         .unwrap_or(0)
         .min(last);
+    // Interrupted before a second sample after the joins: what there is since the start.
+    let first = if first == last { 0 } else { first };
     let w = (last > first).then(|| run.window(first, last));
     let mut result = finish(
         opts,

@@ -85,6 +85,16 @@ impl VideoLayer {
     }
 }
 
+impl fmt::Display for VideoLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}x{}@{}:{}",
+            self.width, self.height, self.fps, self.kbps
+        )
+    }
+}
+
 impl FromStr for VideoLayer {
     type Err = anyhow::Error;
 
@@ -244,11 +254,11 @@ impl Scenario {
         for l in &self.video_layers {
             ensure!(
                 (1..=60).contains(&l.fps) && (30..=20_000).contains(&l.kbps),
-                "video layer {l:?}: fps must be 1..=60 and kbps 30..=20000"
+                "--video-layers {l}: fps must be 1..=60 and kbps 30..=20000"
             );
             ensure!(
                 l.width >= 16 && l.height >= 16 && l.width <= 7_680 && l.height <= 4_320,
-                "video layer {l:?}: width and height must be 16..=7680 x 16..=4320"
+                "--video-layers {l}: width and height must be 16..=7680 x 16..=4320"
             );
         }
         match self.kind {
@@ -265,7 +275,23 @@ impl Scenario {
             }
             ScenarioKind::ManySmallRooms => ensure!(self.rooms >= 1, "--rooms must be at least 1"),
         }
-        ensure!(self.ramp_step >= 1, "--ramp-step must be at least 1");
+        // Bounded before the plan is built: a typo like `--rooms 1000000000` must not allocate
+        // a billion groups before it is refused.
+        ensure!(
+            self.rooms <= MAX_PARTICIPANTS,
+            "--rooms must be at most {MAX_PARTICIPANTS}, got {}",
+            self.rooms
+        );
+        ensure!(
+            self.viewers <= MAX_PARTICIPANTS,
+            "--viewers must be at most {MAX_PARTICIPANTS}, got {}",
+            self.viewers
+        );
+        ensure!(
+            (1..=MAX_PARTICIPANTS).contains(&self.ramp_step),
+            "--ramp-step must be 1..={MAX_PARTICIPANTS}, got {}",
+            self.ramp_step
+        );
         let n = self.participants();
         ensure!(
             n <= MAX_PARTICIPANTS,
@@ -494,6 +520,13 @@ mod tests {
         a.rooms = 1_000;
         let e = a.validate().unwrap_err().to_string();
         assert!(e.contains("participants"), "{e}");
+        a.rooms = 1_000_000_000_000;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("--rooms"), "{e}");
+        a.rooms = 1;
+        a.ramp_step = usize::MAX;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("--ramp-step"), "{e}");
         let mut v = Scenario::defaults(ScenarioKind::VideoConference);
         v.talk_share = 0.0;
         assert!(v.validate().is_err());

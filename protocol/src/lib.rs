@@ -165,6 +165,13 @@ pub enum ClientMessage {
         timestamp: u64,
     },
     Leave,
+    /// First message on a new socket of a participant whose connection dropped: comes back into
+    /// the room as the same participant (same identity, sid and tracks) with the latest
+    /// `resume_token`, within the server's resume window. Answered by `joined`.
+    Resume {
+        version: u32,
+        token: String,
+    },
 }
 
 /// Server → client messages.
@@ -178,6 +185,13 @@ pub enum ServerMessage {
         /// Everyone else already in the room, with their tracks.
         participants: Vec<ParticipantInfo>,
         ice_servers: Vec<IceServer>,
+        /// Signed, short-lived token to come back with (`resume`) if the connection drops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+    },
+    /// A fresh resume token, sent before the previous one expires.
+    ResumeToken {
+        token: String,
     },
     PublishAnswer {
         sdp: String,

@@ -24,6 +24,7 @@ pub const AUTH_REASONS: &[&str] = &[
     "expired",
     "not_yet_valid",
     "bad_claims",
+    "unknown_key",
     "wrong_room",
     "no_grant",
 ];

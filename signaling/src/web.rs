@@ -3,8 +3,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// Content-Security-Policy of every page: our own origin only, no third-party host.
-pub const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:; \
+/// Content-Security-Policy of every page: our own origin only, no third-party host. `'self'`
+/// covers the page's own `ws:`/`wss:` origin (CSP 3), so no WebSocket host is allowed beyond it.
+pub const CSP: &str = "default-src 'self'; connect-src 'self'; media-src 'self' blob:; \
 img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; \
 base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 

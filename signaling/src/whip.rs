@@ -1,17 +1,18 @@
 //! WHIP (publish) and WHEP (play) with RFC 9725 conventions: `POST` an offer, get `201 Created`
 //! with the answer and a session `Location`; `DELETE` that location to leave.
 
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use moien_protocol::{ErrorCode, LeaveReason};
+use moien_protocol::{ErrorCode, LeaveReason, PublishTrack, TrackKind, TrackSource};
 use moien_sfu::{Offer, ParticipantKind, ParticipantRef, ParticipantSpec, SfuError};
 use str0m::change::SdpOffer;
 use tracing::debug;
 
-use crate::AppState;
-use crate::auth::{self, Claims};
+use crate::auth::AccessClaims;
+use crate::{AppState, ClientAddr};
 
 /// A JSON error body with the protocol's stable code.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -57,14 +58,56 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The sources of the tracks an offer would publish: every m-line the client sends on, with the
+/// source its description gives (default: microphone for audio, camera for video).
+pub fn offered_sources(sdp: &str, described: &[PublishTrack]) -> Vec<TrackSource> {
+    let mut out = Vec::new();
+    // One m= section at a time: kind, whether it sends, its mid.
+    let mut section: Option<(TrackKind, bool, Option<String>)> = None;
+    let finish = |sec: Option<(TrackKind, bool, Option<String>)>, out: &mut Vec<TrackSource>| {
+        if let Some((kind, sending, mid)) = sec
+            && sending
+        {
+            let source = described
+                .iter()
+                .find(|d| Some(&d.mid) == mid.as_ref())
+                .and_then(|d| d.source)
+                .unwrap_or_else(|| TrackSource::default_for(kind));
+            out.push(source);
+        }
+    };
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            finish(section.take(), &mut out);
+            let mut parts = m.split_whitespace();
+            let kind = match parts.next() {
+                Some("audio") => Some(TrackKind::Audio),
+                Some("video") => Some(TrackKind::Video),
+                _ => None,
+            };
+            // Port 0 rejects the m-line.
+            let open = parts.next().is_some_and(|p| p != "0");
+            section = kind.map(|k| (k, open, None));
+        } else if let Some((_, sending, mid)) = section.as_mut() {
+            if let Some(v) = line.strip_prefix("a=mid:") {
+                *mid = Some(v.trim().to_string());
+            } else if line == "a=recvonly" || line == "a=inactive" {
+                *sending = false;
+            }
+        }
+    }
+    finish(section.take(), &mut out);
+    out
+}
+
 /// Verifies the bearer token and that it is for `room`.
-fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Refusal> {
+fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<AccessClaims, Refusal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let claims = auth::verify(&state.config.secret, token.trim()).map_err(|e| {
+    let claims = state.keys.verify(token.trim()).map_err(|e| {
         debug!(reason = e.reason(), "WHIP/WHEP token refused");
         state.metrics.auth_failure(e.reason());
         Refusal::Unauthorized(e.to_string())
@@ -74,7 +117,20 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims
         let msg = "the token is for another room".to_string();
         return Err(Refusal::Code(ErrorCode::Forbidden, msg));
     }
+    if !claims.grants.join {
+        state.metrics.auth_failure("no_grant");
+        let msg = "the token does not grant joining a room".to_string();
+        return Err(Refusal::Code(ErrorCode::Forbidden, msg));
+    }
     Ok(claims)
+}
+
+/// The per-address limit of session starts.
+fn rate_limited(state: &AppState, addr: &Option<Extension<ConnectInfo<ClientAddr>>>) -> bool {
+    match addr {
+        Some(Extension(ConnectInfo(ClientAddr(a)))) => !state.limits.join_per_ip.allow(&a.ip()),
+        None => false,
+    }
 }
 
 /// The offer body: `application/sdp`, parseable, with at least one m-line.
@@ -132,9 +188,16 @@ fn created(answer: String, location: String, ice: &[moien_protocol::IceServer]) 
 pub async fn whip_post(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    addr: Option<Extension<ConnectInfo<ClientAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if rate_limited(&state, &addr) {
+        return error(
+            ErrorCode::RateLimited,
+            "too many sessions from this address",
+        );
+    }
     let claims = match authorize(&state, &headers, &room) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
@@ -147,7 +210,16 @@ pub async fn whip_post(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
+    if let Some(source) = offered_sources(&sdp, &[])
+        .into_iter()
+        .find(|s| !claims.grants.allows_source(*s))
+    {
+        state.metrics.auth_failure("no_grant");
+        let msg = format!("the token does not allow publishing {source:?} tracks");
+        return error(ErrorCode::Forbidden, msg);
+    }
     let ice = state.ice_servers(&claims.sub);
+    let cap = state.rooms.max_participants(&room);
     let spec = ParticipantSpec {
         identity: claims.sub,
         name: claims.name,
@@ -156,9 +228,9 @@ pub async fn whip_post(
         can_publish: true,
         can_subscribe: false,
         can_publish_data: false,
-        hidden: false,
-        metadata: String::new(),
-        max_participants: None,
+        hidden: claims.grants.hidden,
+        metadata: claims.metadata,
+        max_participants: (cap > 0).then_some(cap),
     };
     let offer = Offer {
         sdp,
@@ -188,9 +260,16 @@ pub async fn whip_delete(
 pub async fn whep_post(
     State(state): State<AppState>,
     Path((room, identity)): Path<(String, String)>,
+    addr: Option<Extension<ConnectInfo<ClientAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if rate_limited(&state, &addr) {
+        return error(
+            ErrorCode::RateLimited,
+            "too many sessions from this address",
+        );
+    }
     let claims = match authorize(&state, &headers, &room) {
         Ok(c) => c,
         Err(r) => return r.into_response(),

@@ -538,6 +538,8 @@ function wire(r) {
   r.addEventListener('active_speakers', (e) => onActiveSpeakers(e.detail));
   r.addEventListener('data_received', (e) => onDataReceived(e.detail));
   r.addEventListener('disconnected', (e) => onDisconnected(e.detail));
+  r.addEventListener('reconnecting', () => setStatus('Connection lost: reconnecting…', true));
+  r.addEventListener('reconnected', () => setStatus(''));
   r.addEventListener('error', (e) => {
     const { code, message } = e.detail;
     if (ERROR_TEXT[code]) {

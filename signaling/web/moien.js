@@ -25,7 +25,8 @@
  *   (`code` is the protocol error code, e.g. `unauthorized`) or a timeout.
  *   `options`: `{ room?, joinTimeout? (ms, 10000), requestTimeout? (ms, 15000),
  *   pingInterval? (ms, 15000), trickle? (bool, false), iceTransportPolicy? ('all' | 'relay':
- *   only through the server's TURN), WebSocket? }`.
+ *   only through the server's TURN), reconnect? (bool, true), resumeWindow? (ms, 30000: how long
+ *   to keep trying), qualityInterval? (ms, 2000), WebSocket? }`.
  * - `room.publish(mediaStream | MediaStreamTrack | MediaStreamTrack[], options?) →
  *   Promise<LocalTrack[]>`: sends the tracks on the publisher peer connection; resolves once the
  *   server answered. `options` (video options apply to video tracks only):
@@ -57,10 +58,19 @@
  *   20 messages a second (the server refuses more with an `error` event, `too_large` or
  *   `rate_limited`; the session goes on). `reliable: false` uses the unordered channel without
  *   retransmissions. Returns false when the channel is not open (yet).
+ * - `room.replaceTrack(trackOrSid, newTrack) → Promise<LocalTrack>`: sends `newTrack` instead of a
+ *   published track (another camera or microphone) on the same transceiver: no renegotiation,
+ *   same track sid for the others. The old MediaStreamTrack is not stopped.
+ * - `room.switchDevice(kind, deviceId) → Promise<LocalTrack>`: opens the camera (`'video'`) or
+ *   microphone (`'audio'`) `deviceId` (from `navigator.mediaDevices.enumerateDevices()`),
+ *   replaces the published track of that kind with it and stops the old one.
+ * - `room.reconnect() → void`: drops the signaling connection and resumes at once (what the SDK
+ *   does by itself on a network change); see "Reconnection" below.
  * - `room.leave() → Promise<void>`: leaves the room and closes both peer connections.
  * - `room.participants`: `Map<sid, RemoteParticipant>` of everyone else in the room.
  * - `room.localParticipant`: `{sid, identity, name, tracks: Map<sid, LocalTrack>}`.
- * - `room.name`, `room.state` (`connected` | `disconnected`), `room.rtt` (ms, from ping/pong).
+ * - `room.name`, `room.state` (`connected` | `reconnecting` | `disconnected`), `room.rtt` (ms,
+ *   from ping/pong), `room.connectionQuality` (`excellent` | `good` | `poor` | `lost`).
  * - `room.activeSpeakers`: the latest `active_speakers` list, loudest first.
  * - `room.publisher` / `room.subscriber`: the two RTCPeerConnections (read-only; for getStats()).
  *
@@ -81,11 +91,31 @@
  * - `data_received`        `{participant, identity, topic, data, reliable}` — a data message
  * - `publish_layers`       `{track, layers: [{rid, active}]}` — the server asked to stop or resume
  *   encoding layers of one of your tracks (`track` is the LocalTrack); already applied
+ * - `reconnecting`         `{reason}` — the signaling connection dropped (or the network changed);
+ *   the SDK is resuming. Media may keep flowing meanwhile.
+ * - `reconnected`          `{}` — resumed: same participant, same tracks, new network paths
+ * - `participant_connection` `{participant, state}` — another participant lost its connection
+ *   (`reconnecting`) or came back (`connected`); it stays in `room.participants` meanwhile
+ * - `participant_updated`  `{participant, permissions?}` — metadata or permissions changed
+ *   (`permissions` when it is you)
+ * - `connection_quality`   `{quality, rtt, loss}` — your connection's quality changed:
+ *   `excellent`, `good`, `poor` (loss over 5 % or RTT over 300 ms) or `lost`; `rtt` in ms, `loss`
+ *   0..1 over the last interval
  * - `disconnected`         `{reason, code?}` — the session ended (`client_request`,
- *   `connection_lost`, `duplicate_identity`, `server_shutdown`, ...; see PROTOCOL.md)
+ *   `connection_lost`, `duplicate_identity`, `server_shutdown`, `resume_failed`, ...; see
+ *   PROTOCOL.md)
  * - `error`                `{code, status, message}` — the server refused a request, or a local
  *   step failed (`code` `negotiation_failed`, or `encoding_failed` when layers could not be
  *   switched as `publish_layers` asked). The session goes on.
+ *
+ * ## Reconnection
+ * When the WebSocket drops, the browser goes offline, the network changes (Wi-Fi to mobile data)
+ * or the tab wakes from sleep with a dead socket, the SDK resumes by itself: it opens a new
+ * socket and sends `resume` with the server's latest resume token, within the server's resume
+ * window (30 s by default), retrying with backoff. The others see you `reconnecting`, never leave;
+ * on success the publisher connection restarts ICE and the server re-offers the subscriber one.
+ * When the server shuts down (`server_shutdown`) or the window has passed, `disconnected` comes
+ * instead: join again (possibly elsewhere). `options.reconnect: false` turns this off.
  *
  * Participants present when you join are in `room.participants` as soon as `connect()` resolves
  * (no `participant_joined` for them); their tracks arrive as `track_subscribed` afterwards.
@@ -106,7 +136,15 @@ const DEFAULTS = {
   requestTimeout: 15_000,
   pingInterval: 15_000,
   trickle: false,
+  reconnect: true,
+  resumeWindow: 30_000,
+  qualityInterval: 2000,
 };
+
+/** Close code the SDK uses when it drops a socket to resume on a new one (not a leave). */
+const CLOSE_RESUME = 4000;
+/** Delays between resume attempts, in ms; the last repeats until the window closes. */
+const RESUME_BACKOFF = [0, 250, 500, 1000, 2000];
 
 /** An error the server returned (`code` is stable, see PROTOCOL.md) or a local failure. */
 export class MoienError extends Error {
@@ -249,8 +287,10 @@ export class Room extends EventTarget {
   participants = new Map();
   localParticipant = null;
   name = '';
-  /** @type {'connected'|'disconnected'} */
+  /** @type {'connected'|'reconnecting'|'disconnected'} */
   state = 'connected';
+  /** `excellent`, `good`, `poor` or `lost`, from the last quality check. */
+  connectionQuality = 'excellent';
   /** Round-trip time of the last ping, in ms (null until the first pong). */
   rtt = null;
   /** The latest `active_speakers` list: `[{participant, level}]`, loudest first. */
@@ -285,6 +325,16 @@ export class Room extends EventTarget {
   #lastDataSent = 0;
   /** Latest `publish_layers` per track sid; applied once the track's sender is known. */
   #layerWishes = new Map();
+  #url = '';
+  /** The server's latest resume token (null: resumption is off on the server). */
+  #resumeToken = null;
+  /** When the server last said anything, for the silent-socket watchdog. */
+  #lastHeard = Date.now();
+  #qualityTimer = 0;
+  /** Previous counters of the quality check: {sent, lost, received, missing}. */
+  #qualityBase = null;
+  /** Undoes the window/document listeners at the end of the session. */
+  #unlisten = [];
 
   /**
    * Opens a session. Use this instead of the constructor.
@@ -326,7 +376,7 @@ export class Room extends EventTarget {
         }
       };
     });
-    const room = new Room(ws, joined, opts);
+    const room = new Room(ws, joined, { ...opts, url });
     // Event listeners can only be added once connect() resolved; a macrotask later they are.
     setTimeout(() => room.#release(), 0);
     return room;
@@ -360,11 +410,235 @@ export class Room extends EventTarget {
     // The server opens both data channels in its first subscribe_offer.
     this.#subscriber.addEventListener('datachannel', (e) => this.#adoptChannel(e.channel));
 
-    ws.onmessage = (e) => this.#receive(e.data);
+    this.#url = options.url;
+    this.#resumeToken = joined.resume_token ?? null;
+    this.#attach(ws);
+    this.#pingTimer = setInterval(() => this.#tick(), options.pingInterval);
+    this.#qualityTimer = setInterval(() => this.#checkQuality(), options.qualityInterval);
+    this.#watchNetwork();
+  }
+
+  /** Makes `ws` the session's socket. */
+  #attach(ws) {
+    this.#ws = ws;
+    this.#lastHeard = Date.now();
+    ws.onmessage = (e) => {
+      this.#lastHeard = Date.now();
+      this.#receive(e.data);
+    };
     ws.onerror = () => {};
-    ws.onclose = (e) => this.#closed('connection_lost', e.code);
-    this.#pingTimer = setInterval(() => this.#send({ type: 'ping', timestamp: Date.now() }),
-      options.pingInterval);
+    ws.onclose = (e) => this.#socketClosed(e.code);
+  }
+
+  /** Every ping interval: a ping, and a socket silent for two intervals is taken as dead. */
+  #tick() {
+    if (this.state !== 'connected') return;
+    if (Date.now() - this.#lastHeard > 2 * this.#options.pingInterval + 5000) {
+      this.#resume('silent');
+      return;
+    }
+    this.#send({ type: 'ping', timestamp: Date.now() });
+  }
+
+  /** Resumes when the browser reports a new network, coming online, or waking up. */
+  #watchNetwork() {
+    const on = (target, type, fn) => {
+      if (!target?.addEventListener) return;
+      target.addEventListener(type, fn);
+      this.#unlisten.push(() => target.removeEventListener(type, fn));
+    };
+    // Offline: the socket is as good as dead; drop it now and resume when the network is back.
+    on(globalThis, 'offline', () => {
+      if (this.state === 'connected') this.#resume('offline');
+      this.#setQuality('lost', this.rtt, 1);
+    });
+    on(globalThis, 'online', () => {
+      if (this.state === 'reconnecting') this.#retryNow?.();
+    });
+    // Wi-Fi to mobile data: the old socket's path may be gone without an error for a while.
+    on(globalThis.navigator?.connection, 'change', () => {
+      if (this.state === 'connected') this.#resume('network_change');
+    });
+    // A tab that slept may hold a socket the server already gave up on: ask it.
+    on(globalThis.document, 'visibilitychange', () => {
+      if (globalThis.document.visibilityState !== 'visible' || this.state !== 'connected') return;
+      const asked = Date.now();
+      this.#send({ type: 'ping', timestamp: asked });
+      setTimeout(() => {
+        if (this.state === 'connected' && this.#lastHeard < asked) this.#resume('wake');
+      }, 5000);
+    });
+  }
+
+  /** The socket closed: the end of the session (server said leave, or no resume), or a drop. */
+  #socketClosed(code) {
+    if (this.state !== 'connected') return;
+    const resumable = this.#options.reconnect !== false && this.#resumeToken
+      && this.#leaveReason === null && code !== 1000 && code !== 1008;
+    if (resumable) this.#resume('connection_lost');
+    else this.#closed('connection_lost', code);
+  }
+
+  /** Set while a resume waits between attempts: starts the next attempt at once. */
+  #retryNow = null;
+
+  /**
+   * Resumes the session on a new socket: `resume` with the latest token, retried with backoff
+   * until it works, the server refuses, or the resume window passes.
+   */
+  async #resume(reason) {
+    if (this.state !== 'connected') return;
+    this.state = 'reconnecting';
+    this.#setQuality('lost', this.rtt, 1);
+    const old = this.#ws;
+    old.onclose = old.onmessage = null;
+    try { old.close(CLOSE_RESUME, 'resuming'); } catch { /* already closed */ }
+    this.#emit('reconnecting', { reason });
+    const deadline = Date.now() + this.#options.resumeWindow;
+    for (let attempt = 0; this.state === 'reconnecting'; attempt += 1) {
+      const delay = RESUME_BACKOFF[Math.min(attempt, RESUME_BACKOFF.length - 1)];
+      if (delay) {
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, delay);
+          this.#retryNow = () => { clearTimeout(timer); resolve(); };
+        });
+        this.#retryNow = null;
+      }
+      if (this.state !== 'reconnecting') return;
+      if (Date.now() > deadline) break;
+      let outcome;
+      try {
+        outcome = await this.#tryResume();
+      } catch {
+        continue; // no network yet: try again
+      }
+      if (this.state !== 'reconnecting') {
+        // Left meanwhile.
+        try { outcome.ws?.close(1000); } catch { /* closed */ }
+        return;
+      }
+      if (outcome.ws) {
+        this.#resumed(outcome.ws, outcome.joined);
+        return;
+      }
+      // The server refused: the session is gone (window passed, server restarted elsewhere).
+      this.#closed(outcome.code === 'unauthorized' || outcome.code === 'not_found'
+        ? 'resume_failed' : outcome.code);
+      return;
+    }
+    if (this.state === 'reconnecting') this.#closed('resume_failed');
+  }
+
+  /** One resume attempt: resolves {ws, joined} or {code} (refused); rejects on network errors. */
+  #tryResume() {
+    const WS = this.#options.WebSocket ?? globalThis.WebSocket;
+    return new Promise((resolve, reject) => {
+      let ws;
+      try { ws = new WS(this.#url); } catch (err) { reject(err); return; }
+      const timer = setTimeout(() => {
+        ws.onclose = ws.onmessage = ws.onerror = null;
+        try { ws.close(); } catch { /* never opened */ }
+        reject(new MoienError('timeout', 'no answer to resume'));
+      }, this.#options.joinTimeout);
+      ws.onopen = () => ws.send(JSON.stringify({
+        type: 'resume', version: PROTOCOL_VERSION, token: this.#resumeToken,
+      }));
+      ws.onclose = () => { clearTimeout(timer); reject(new MoienError('closed', 'socket closed')); };
+      ws.onmessage = (e) => {
+        let msg;
+        try { msg = JSON.parse(e.data); } catch { return; }
+        if (msg.type === 'joined') {
+          clearTimeout(timer);
+          ws.onclose = ws.onmessage = null;
+          resolve({ ws, joined: msg });
+        } else if (msg.type === 'error') {
+          clearTimeout(timer);
+          ws.onclose = ws.onmessage = null;
+          resolve({ code: msg.code });
+        }
+      };
+    });
+  }
+
+  /** Back on a new socket: catch up with the room, restart ICE on the publisher connection. */
+  #resumed(ws, joined) {
+    this.#attach(ws);
+    this.#resumeToken = joined.resume_token ?? this.#resumeToken;
+    this.state = 'connected';
+    // Who left or came while we were away.
+    const now = new Map((joined.participants ?? []).map((p) => [p.sid, p]));
+    for (const sid of [...this.participants.keys()]) {
+      if (!now.has(sid)) this.#onParticipantLeft({ participant_sid: sid, reason: 'connection_lost' });
+    }
+    for (const info of now.values()) {
+      const known = this.participants.get(info.sid);
+      if (!known) {
+        this.#onParticipantJoined(info);
+        continue;
+      }
+      const tracks = new Set((info.tracks ?? []).map((t) => t.sid));
+      for (const sid of [...known.tracks.keys()]) {
+        if (!tracks.has(sid)) this.#onTrackUnpublished({ participant_sid: info.sid, track_sid: sid });
+      }
+      for (const t of info.tracks ?? []) {
+        if (!known.tracks.has(t.sid)) this.#onTrackPublished({ participant_sid: info.sid, track: t });
+      }
+    }
+    if (this.#localByTrack.size > 0) {
+      this.#pubQueue.run(() => this.#negotiatePublisher({ iceRestart: true })).catch((err) => {
+        this.#emit('error', { code: 'negotiation_failed', status: 0, message: err.message });
+      });
+    }
+    this.#emit('reconnected', {});
+  }
+
+  /** Drops the signaling connection and resumes on a new one. */
+  reconnect() {
+    if (this.state === 'connected') this.#resume('client_request');
+  }
+
+  #setQuality(quality, rtt, loss) {
+    if (quality === this.connectionQuality) return;
+    this.connectionQuality = quality;
+    this.#emit('connection_quality', { quality, rtt, loss });
+  }
+
+  /**
+   * Rates the connection from the peer connections' statistics: round-trip time of the active
+   * candidate pair, and the share of packets lost since the last check, both directions.
+   */
+  async #checkQuality() {
+    if (this.state !== 'connected') return;
+    let rtt = null;
+    const now = { sent: 0, lost: 0, received: 0, missing: 0 };
+    for (const pc of [this.#publisher, this.#subscriber]) {
+      let report;
+      try { report = await pc.getStats(); } catch { return; }
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.nominated && s.currentRoundTripTime !== undefined) {
+          rtt = Math.max(rtt ?? 0, s.currentRoundTripTime * 1000);
+        } else if (s.type === 'remote-inbound-rtp') {
+          now.lost += s.packetsLost ?? 0;
+        } else if (s.type === 'outbound-rtp') {
+          now.sent += s.packetsSent ?? 0;
+        } else if (s.type === 'inbound-rtp') {
+          now.received += s.packetsReceived ?? 0;
+          now.missing += s.packetsLost ?? 0;
+        }
+      });
+    }
+    if (this.state !== 'connected') return;
+    const base = this.#qualityBase ?? { sent: 0, lost: 0, received: 0, missing: 0 };
+    this.#qualityBase = now;
+    const lost = Math.max(0, now.lost - base.lost) + Math.max(0, now.missing - base.missing);
+    const total = Math.max(0, now.sent - base.sent) + Math.max(0, now.received - base.received);
+    const loss = total > 0 ? Math.min(1, lost / (total + lost)) : 0;
+    const states = [this.#publisher.connectionState, this.#subscriber.connectionState];
+    let quality = 'excellent';
+    if (states.includes('failed') || states.includes('disconnected')) quality = 'lost';
+    else if (loss > 0.05 || (rtt ?? 0) > 300) quality = 'poor';
+    else if (loss > 0.01 || (rtt ?? 0) > 100) quality = 'good';
+    this.#setQuality(quality, rtt, loss);
   }
 
   /** The peer connection that carries what this participant sends (client offers). */
@@ -551,6 +825,52 @@ export class Room extends EventTarget {
     return true;
   }
 
+  /**
+   * Sends `newTrack` instead of a published track, on the same transceiver: no renegotiation,
+   * the others keep the same track sid. The old MediaStreamTrack is not stopped.
+   * @param {MediaStreamTrack|object|string} trackOrSid the published track, LocalTrack or sid
+   * @param {MediaStreamTrack} newTrack of the same kind
+   * @returns {Promise<object>} the LocalTrack, now carrying `newTrack`
+   */
+  async replaceTrack(trackOrSid, newTrack) {
+    const entry = this.#findLocal(trackOrSid);
+    if (!entry) throw new MoienError('not_found', 'this track is not published');
+    if (!(newTrack instanceof MediaStreamTrack) || newTrack.kind !== entry.local.kind) {
+      throw new TypeError(`replaceTrack() needs a ${entry.local.kind} MediaStreamTrack`);
+    }
+    await entry.local.sender.replaceTrack(newTrack);
+    this.#localByTrack.delete(entry.local.track);
+    newTrack.enabled = !entry.local.muted;
+    entry.local.track = newTrack;
+    this.#localByTrack.set(newTrack, entry);
+    return entry.local;
+  }
+
+  /**
+   * Switches the published camera or microphone to another device, without renegotiation.
+   * @param {'audio'|'video'} kind
+   * @param {string} deviceId from `navigator.mediaDevices.enumerateDevices()`
+   * @returns {Promise<object>} the LocalTrack
+   */
+  async switchDevice(kind, deviceId) {
+    const source = kind === 'audio' ? 'microphone' : 'camera';
+    const entry = [...this.#localByTrack.values()]
+      .find((e) => e.local.kind === kind && e.local.source === source);
+    if (!entry) throw new MoienError('not_found', `no ${source} is published`);
+    const constraints = { [kind]: { deviceId: { exact: deviceId } } };
+    const media = await navigator.mediaDevices.getUserMedia(constraints);
+    const [track] = kind === 'audio' ? media.getAudioTracks() : media.getVideoTracks();
+    const old = entry.local.track;
+    try {
+      await this.replaceTrack(entry.local, track);
+    } catch (err) {
+      track.stop();
+      throw err;
+    }
+    old.stop();
+    return entry.local;
+  }
+
   /** Leaves the room: tells the server, closes the socket and both peer connections. */
   async leave() {
     if (this.state === 'disconnected') return;
@@ -595,6 +915,11 @@ export class Room extends EventTarget {
       case 'leave':
         this.#leaveReason = msg.reason;
         return;
+      case 'resume_token':
+        if (typeof msg.token === 'string') this.#resumeToken = msg.token;
+        return;
+      case 'participant_connection': return this.#onParticipantConnection(msg);
+      case 'participant_updated': return this.#onParticipantUpdated(msg);
       case 'error': return this.#onError(msg);
       default: return; // newer servers may add messages; ignoring them keeps old clients working
     }
@@ -622,6 +947,9 @@ export class Room extends EventTarget {
     if (this.state === 'disconnected') return;
     this.state = 'disconnected';
     clearInterval(this.#pingTimer);
+    clearInterval(this.#qualityTimer);
+    for (const undo of this.#unlisten.splice(0)) undo();
+    this.#retryNow?.();
     this.#settleAnswer(null, new MoienError('closed', 'session ended'));
     this.#ws.onclose = this.#ws.onmessage = null;
     try { this.#ws.close(1000); } catch { /* already closed */ }
@@ -647,9 +975,9 @@ export class Room extends EventTarget {
   // ---- publisher -------------------------------------------------------------------------------
 
   /** One offer/answer round on the publisher connection. Runs inside the publisher queue. */
-  async #negotiatePublisher() {
+  async #negotiatePublisher({ iceRestart = false } = {}) {
     const pc = this.#publisher;
-    await pc.setLocalDescription(await pc.createOffer());
+    await pc.setLocalDescription(await pc.createOffer({ iceRestart }));
     const tracks = [];
     for (const entry of this.#localByTrack.values()) {
       entry.local.mid = entry.transceiver.mid;
@@ -885,6 +1213,31 @@ export class Room extends EventTarget {
     const info = participant.tracks.get(msg.track_sid);
     participant.tracks.delete(msg.track_sid);
     if (info) this.#emit('track_unpublished', { participant, info });
+  }
+
+  #onParticipantConnection(msg) {
+    const participant = this.participants.get(msg.participant_sid);
+    if (!participant) return;
+    participant.connection = msg.state;
+    this.#emit('participant_connection', { participant, state: msg.state });
+  }
+
+  #onParticipantUpdated(msg) {
+    const info = msg.participant;
+    if (!info?.sid) return;
+    if (info.sid === this.localParticipant.sid) {
+      this.localParticipant.metadata = info.metadata ?? '';
+      if (msg.permissions) this.localParticipant.permissions = msg.permissions;
+      this.#emit('participant_updated', {
+        participant: this.localParticipant, permissions: msg.permissions ?? null,
+      });
+      return;
+    }
+    const participant = this.participants.get(info.sid);
+    if (!participant) return;
+    participant.metadata = info.metadata ?? '';
+    participant.name = info.name ?? participant.name;
+    this.#emit('participant_updated', { participant, permissions: null });
   }
 
   #onTrackMuted(msg) {

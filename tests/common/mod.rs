@@ -12,6 +12,11 @@ pub const SECRET: &str = "test-secret";
 
 /// Starts signaling and media on 127.0.0.1 with free ports.
 pub async fn start_node() -> Node {
+    start_node_with(|_| {}).await
+}
+
+/// Like [`start_node`], with the test's changes to the configuration.
+pub async fn start_node_with(change: impl FnOnce(&mut Config)) -> Node {
     // RUST_LOG=moien_sfu=debug shows the server's side of a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -26,7 +31,43 @@ pub async fn start_node() -> Node {
     let any = "127.0.0.1:0".parse().unwrap();
     config.turn.listen_udp = vec![any];
     config.turn.listen_tcp = vec![any];
+    change(&mut config);
     Node::start(config).await.expect("node starts")
+}
+
+/// A token with any grants, signed with `secret` (key id `iss`, empty for the `[auth] secret`).
+pub fn access_token(
+    secret: &str,
+    iss: &str,
+    room: &str,
+    identity: &str,
+    grants: moien_signaling::auth::AccessGrants,
+) -> String {
+    let now = auth::now_unix();
+    auth::mint(
+        secret,
+        &moien_signaling::auth::AccessClaims {
+            iss: iss.into(),
+            sub: identity.into(),
+            room: room.into(),
+            exp: now + 600,
+            nbf: None,
+            iat: Some(now),
+            name: identity.to_uppercase(),
+            metadata: String::new(),
+            grants,
+        },
+    )
+    .unwrap()
+}
+
+/// An admin API token for `room` (`*`: every room).
+pub fn admin_token(room: &str) -> String {
+    auth::mint(
+        SECRET,
+        &moien_signaling::auth::AccessClaims::admin("", "ops", room, 600),
+    )
+    .unwrap()
 }
 
 pub fn token(room: &str, identity: &str, publish: bool, subscribe: bool) -> String {

@@ -517,7 +517,7 @@ impl WorkerCore {
                 let _ = reply.send(Ok(()));
             }
             Request::Resume(events, reply) => {
-                let r = self.resume(pid, events);
+                let r = self.resume(pid, events, now);
                 let _ = reply.send(r);
             }
         }

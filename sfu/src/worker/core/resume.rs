@@ -35,6 +35,7 @@ impl WorkerCore {
         &mut self,
         pid: ParticipantId,
         events: EventSender,
+        now: Instant,
     ) -> Result<Joined, SfuError> {
         let p = self
             .participants
@@ -42,8 +43,22 @@ impl WorkerCore {
             .ok_or_else(|| SfuError::NotFound("participant gone".into()))?;
         p.events = Some(events);
         p.detached = None;
-        let (room, sid, hidden, subscriber) =
-            (p.room.clone(), p.sid.clone(), p.hidden(), p.subscriber);
+        let (room, sid, hidden, subscriber, publisher) = (
+            p.room.clone(),
+            p.sid.clone(),
+            p.hidden(),
+            p.subscriber,
+            p.publisher,
+        );
+        // ICE that broke while away gets a fresh grace: the ICE restart this resume starts
+        // needs a moment, and a long absence must not count against it.
+        for session_id in [subscriber, publisher].into_iter().flatten() {
+            if let Some(s) = self.sessions.get_mut(&session_id)
+                && s.disconnected_since.is_some()
+            {
+                s.disconnected_since = Some(now);
+            }
+        }
         let info = participant_info(p, &self.tracks);
         let others: Vec<ParticipantInfo> = self
             .rooms

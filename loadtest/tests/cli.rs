@@ -1,0 +1,223 @@
+//! The `moien-loadtest` binary: absurd parameters are refused with a message naming the
+//! parameter (before anything starts), and Ctrl-C stops a run cleanly with a partial report. The
+//! binary runs against a Moien node started in this test process (`--url`), so no other binary
+//! has to be built.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+mod common;
+use common::{SECRET, node};
+
+const BIN: &str = env!("CARGO_BIN_EXE_moien-loadtest");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "moien-loadtest-cli-{name}-{}-{nanos:x}",
+        std::process::id()
+    ))
+}
+
+#[tokio::test]
+async fn absurd_parameters_are_refused_with_a_message() {
+    // (arguments after `run`, what the message must name)
+    let cases: &[(&[&str], &str)] = &[
+        (&["video-conference", "--room-size", "1000"], "--room-size"),
+        (&["video-conference", "--room-size", "1"], "--room-size"),
+        (&["audio-conference", "--talk-share", "0"], "--talk-share"),
+        (&["audio-conference", "--talk-share", "1.5"], "--talk-share"),
+        (
+            &["video-conference", "--video-layers", "4k"],
+            "--video-layers",
+        ),
+        (
+            &["video-conference", "--video-layers", "640x360@500:500"],
+            "--video-layers 640x360@500:500: fps must be",
+        ),
+        (&["audio-conference", "--rooms", "1000000000000"], "--rooms"),
+        (
+            &["audio-conference", "--rooms", "300", "--room-size", "10"],
+            "3000 participants",
+        ),
+        (&["livestream", "--viewers", "1000000"], "--viewers"),
+        (&["livestream", "--viewers", "0"], "--viewers"),
+        (&["video-conference", "--duration", "0s"], "--duration"),
+        (
+            &["video-conference", "--ramp", "--ramp-step", "1000000000"],
+            "--ramp-step",
+        ),
+        (
+            &["video-conference", "--ramp", "--max-p99-ms", "NaN"],
+            "--max-p99-ms",
+        ),
+        (
+            &[
+                "livestream",
+                "--target",
+                "bare",
+                "--viewer-protocol",
+                "whep",
+            ],
+            "--viewer-protocol",
+        ),
+        (&["video-conference", "--target", "nowhere"], "--target"),
+        (&["dinner-party"], "dinner-party"),
+    ];
+    let out = temp_dir("refused");
+    for (args, names) in cases {
+        let child = Command::new(BIN)
+            .arg("run")
+            .args(*args)
+            // Were a case accepted, it must not start a server or wait on one for long.
+            .args(["--url", "http://127.0.0.1:9", "--quiet", "--out"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let o = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} was not refused within 10 s"))
+            .expect("waits");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "{args:?} was accepted: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        assert!(
+            stderr.contains(names),
+            "{args:?}: the message does not name {names:?}: {stderr}"
+        );
+    }
+    assert!(!out.exists(), "a refused run writes no report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_run_with_a_partial_report() {
+    let node = node().await;
+    let out = temp_dir("ctrl-c");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "video-conference",
+            "--rooms",
+            "1",
+            "--room-size",
+            "2",
+            "--video-layers",
+            "180p",
+            "--warmup",
+            "1s",
+            // Far longer than the test: only Ctrl-C ends this run.
+            "--duration",
+            "10m",
+            "--quiet",
+        ])
+        .arg("--url")
+        .arg(format!("http://{}", node.http))
+        .args(["--secret", SECRET, "--sfu-pid"])
+        .arg(std::process::id().to_string())
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let pid = child.id().expect("running") as libc::pid_t;
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+
+    // The binary announces its phases on stderr; Ctrl-C once it measures.
+    let mut seen = Vec::new();
+    let measuring = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.expect("stderr") {
+            let found = line == "moien-loadtest: phase measuring";
+            seen.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(measuring, Ok(true)),
+        "no `phase measuring` line: {seen:?}"
+    );
+    for phase in ["starting", "joining", "warmup"] {
+        assert!(
+            seen.contains(&format!("moien-loadtest: phase {phase}")),
+            "phase {phase} not announced: {seen:?}"
+        );
+    }
+    // SAFETY: sends a signal to the child this test started (and still holds).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "kill -INT");
+
+    let rest = async {
+        let mut lines = Vec::new();
+        while let Ok(Some(l)) = stderr.next_line().await {
+            lines.push(l);
+        }
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text).await;
+        (lines, text)
+    };
+    let ((lines, table), status) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(rest, child.wait())
+    })
+    .await
+    .expect("the run stops within 15 s of Ctrl-C");
+    node.shutdown().await;
+    let status = status.expect("exit status");
+    // Like any program that handled Ctrl-C, it ends by SIGINT once the report is written (so
+    // a calling shell script stops too).
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGINT),
+        "{status:?}; stderr: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "moien-loadtest: phase stopping"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("interrupted")), "{lines:?}");
+    assert!(table.contains("video-conference on moien"), "{table}");
+
+    let json_path = out.join("video-conference-moien.json");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json_path)
+            .unwrap_or_else(|e| panic!("{}: {e}; stdout: {table}", json_path.display())),
+    )
+    .expect("the partial report parses");
+    let html = out.join("video-conference-moien.html");
+    let html_ok = std::fs::read_to_string(&html).is_ok_and(|h| h.contains("<svg"));
+    let _ = std::fs::remove_dir_all(&out);
+
+    assert_eq!(json["interrupted"], true);
+    assert_eq!(json["scenario"], "video-conference");
+    assert_eq!(json["participants"], 2);
+    assert_eq!(
+        json["receivers_with_media"], 2,
+        "media flowed before the interruption"
+    );
+    assert_eq!(json["streams_received"], json["streams"]);
+    assert!(json["window_seconds"].as_f64().is_some_and(|w| w > 0.0));
+    assert!(json["errors"].as_array().is_some_and(Vec::is_empty));
+    assert!(json["timeline"].as_array().is_some_and(|t| !t.is_empty()));
+    assert!(html_ok, "the HTML report is written too");
+}
