@@ -110,6 +110,8 @@ use MetricType::{COUNTER, GAUGE, HISTOGRAM};
 const W: &[&str] = &["worker"];
 const WD: &[&str] = &["worker", "direction"];
 const WR: &[&str] = &["worker", "reason"];
+const WDT: &[&str] = &["worker", "direction", "type"];
+const WL: &[&str] = &["worker", "layer"];
 
 /// Every family of the media plane, in exposition order.
 const SFU_FAMILIES: &[Family] = &[
@@ -142,6 +144,12 @@ const SFU_FAMILIES: &[Family] = &[
         "Video subscriptions paused (bandwidth or the subscriber's wish), per media worker",
         GAUGE,
         W,
+    ),
+    family(
+        "moien_sfu_video_subscriptions",
+        "Video subscriptions receiving media, by the layer they receive (0 lowest; 2 for 2 and above)",
+        GAUGE,
+        WL,
     ),
     family(
         "moien_sfu_udp_datagrams_total",
@@ -181,7 +189,13 @@ const SFU_FAMILIES: &[Family] = &[
     ),
     family(
         "moien_sfu_keyframe_requests_total",
-        "Keyframe requests (PLI/FIR) received from subscribers (in) and sent to publishers (out)",
+        "Keyframe requests received from subscribers (in) and sent to publishers (out), by type (pli, fir)",
+        COUNTER,
+        WDT,
+    ),
+    family(
+        "moien_sfu_rtx_packets_total",
+        "RTX retransmissions received from publishers (in) and sent to subscribers (out)",
         COUNTER,
         WD,
     ),
@@ -391,6 +405,13 @@ pub fn families(snapshots: &[WorkerSnapshot]) -> Vec<MetricFamily> {
         push(vec![gauge(W, &[w], g.published_tracks as f64)]);
         push(vec![gauge(W, &[w], g.subscriptions as f64)]);
         push(vec![gauge(W, &[w], g.paused_subscriptions as f64)]);
+        push(
+            ["0", "1", "2"]
+                .iter()
+                .zip(g.video_subscriptions_by_layer)
+                .map(|(l, n)| gauge(WL, &[w, l], n as f64))
+                .collect(),
+        );
         let in_out = |a: u64, b: u64| {
             vec![
                 counter(WD, &[w, "in"], a as f64),
@@ -403,7 +424,12 @@ pub fn families(snapshots: &[WorkerSnapshot]) -> Vec<MetricFamily> {
         push(in_out(s.packets_in, s.packets_out));
         push(vec![counter(W, &[w], s.unknown_pt as f64)]);
         push(in_out(s.nacks_in, s.nacks_out));
-        push(in_out(s.keyframe_requests_in, s.keyframe_requests_out));
+        push(vec![
+            counter(WDT, &[w, "in", "pli"], s.plis_in as f64),
+            counter(WDT, &[w, "in", "fir"], s.firs_in as f64),
+            counter(WDT, &[w, "out", "pli"], s.plis_out as f64),
+        ]);
+        push(in_out(s.rtx_in, s.rtx_out));
         push(vec![counter(W, &[w], s.layer_switches as f64)]);
         push(vec![counter(W, &[w], s.dynacast_updates as f64)]);
         push(vec![counter(W, &[w], s.slow_consumers as f64)]);

@@ -49,6 +49,7 @@ const ALLOWED_LABELS: &[&str] = &[
     "route",
     "status",
     "type",
+    "layer",
 ];
 /// The process collector's standard families (the `prometheus` crate, feature `process`).
 const PROCESS_FAMILIES: &[&str] = &[

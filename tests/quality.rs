@@ -121,6 +121,11 @@ async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
     for v in [&fast, &mid, &slow] {
         v.report(|r| assert_clean_switches(r, &ps));
     }
+    // The layer-distribution gauge sees the fast viewer on the top layer.
+    let on_top: usize = (node.media.as_ref().unwrap().snapshots().iter())
+        .map(|s| s.gauges.video_subscriptions_by_layer[2])
+        .sum();
+    assert!(on_top >= 1, "nobody counted on layer 2");
     for c in [p, fast, mid, slow] {
         c.leave().await.unwrap();
     }
@@ -297,6 +302,18 @@ async fn ten_percent_loss_keeps_video_decoding_and_red_audio_whole() {
         assert!(audio.audio_timestamps.len() > 200, "audio flowed");
         assert!(audio.red_recovered > 0, "RED filled losses");
     });
+    // The SFU answered the viewer's NACKs with RTX and counted them.
+    let (rtx_out, nacks_in) = node
+        .media
+        .as_ref()
+        .unwrap()
+        .snapshots()
+        .iter()
+        .fold((0, 0), |(r, n), s| {
+            (r + s.stats.rtx_out, n + s.stats.nacks_in)
+        });
+    assert!(nacks_in > 0, "the lossy viewer sent NACKs");
+    assert!(rtx_out > 0, "retransmissions sent and counted");
     p.leave().await.unwrap();
     v.leave().await.unwrap();
     node.shutdown().await;

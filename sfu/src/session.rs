@@ -139,6 +139,8 @@ pub(crate) struct Session {
     pub disconnected_since: Option<Instant>,
     /// When the session first had a complete negotiation; the connect timeout runs from here.
     pub negotiated_at: Option<Instant>,
+    /// Negotiated RTX payload types (bit `pt` set), to count retransmissions on the wire.
+    pub rtx_pts: u128,
     /// Subscriber sessions: our outstanding offer, and whether more changes wait for it.
     pub pending_offer: Option<SdpPendingOffer>,
     pub offer_sent_at: Option<Instant>,
@@ -176,6 +178,17 @@ pub(crate) struct Session {
 /// Most remote addresses one session keeps in the demux map (ICE restarts and roaming add more).
 pub(crate) const MAX_ADDRS_PER_SESSION: usize = 8;
 
+/// Whether an SRTP datagram is an RTP packet whose payload type is in `pts` (the RTP header
+/// is in the clear; RTCP's packet types 200-206 share the byte with marker + payload type).
+pub fn is_rtp_with_pt(data: &[u8], pts: u128) -> bool {
+    match data {
+        [b0, b1, ..] if b0 >> 6 == 2 && !(200..=206).contains(b1) => {
+            pts & (1u128 << (b1 & 0x7f)) != 0
+        }
+        _ => false,
+    }
+}
+
 impl Session {
     pub fn new(prepared: PreparedSession, participant: u64) -> Self {
         Session {
@@ -190,6 +203,7 @@ impl Session {
             connected_at: None,
             disconnected_since: None,
             negotiated_at: None,
+            rtx_pts: 0,
             pending_offer: None,
             offer_sent_at: None,
             needs_offer: false,

@@ -81,8 +81,13 @@ pub struct WorkerStats {
     /// RTP packets written to subscribers.
     pub packets_out: u64,
     pub unknown_pt: u64,
-    pub keyframe_requests_in: u64,
-    pub keyframe_requests_out: u64,
+    /// Keyframe requests from subscribers (PLI, FIR) and to publishers (always PLI).
+    pub plis_in: u64,
+    pub firs_in: u64,
+    pub plis_out: u64,
+    /// RTX retransmissions received from publishers and sent to subscribers.
+    pub rtx_in: u64,
+    pub rtx_out: u64,
     /// NACKs received from subscribers and sent to publishers (from str0m's stream stats).
     pub nacks_in: u64,
     pub nacks_out: u64,
@@ -122,8 +127,11 @@ impl Default for WorkerStats {
             packets_in: 0,
             packets_out: 0,
             unknown_pt: 0,
-            keyframe_requests_in: 0,
-            keyframe_requests_out: 0,
+            plis_in: 0,
+            firs_in: 0,
+            plis_out: 0,
+            rtx_in: 0,
+            rtx_out: 0,
             nacks_in: 0,
             nacks_out: 0,
             slow_consumers: 0,
@@ -162,6 +170,9 @@ pub struct WorkerGauges {
     pub subscriptions: usize,
     /// Video subscriptions paused (bandwidth or the subscriber's wish).
     pub paused_subscriptions: usize,
+    /// Video subscriptions by the layer they receive now (simulcast stream or SVC spatial
+    /// layer: 0, 1, 2 and above counted as 2).
+    pub video_subscriptions_by_layer: [usize; 3],
 }
 
 #[cfg(test)]

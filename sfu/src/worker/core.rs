@@ -16,7 +16,7 @@ use moien_protocol::{
 };
 use rand::Rng;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc::error::TrySendError;
@@ -34,7 +34,9 @@ use crate::room::{
     Participant, ParticipantId, Room, Subscription, SubscriptionId, Track, TrackId, TrackLayer,
     participant_info,
 };
-use crate::session::{MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId, SessionRole};
+use crate::session::{
+    MAX_ADDRS_PER_SESSION, PreparedSession, Session, SessionId, SessionRole, is_rtp_with_pt,
+};
 use crate::stats::WorkerStats;
 
 mod admin;
@@ -163,7 +165,25 @@ impl WorkerCore {
                 .values()
                 .filter(|s| s.told_paused == Some(true))
                 .count(),
+            video_subscriptions_by_layer: self.layer_distribution(),
         }
+    }
+
+    fn layer_distribution(&self) -> [usize; 3] {
+        let mut by_layer = [0; 3];
+        for sub in self.subs.values() {
+            if sub.told_paused == Some(true) {
+                continue;
+            }
+            let layer = match &sub.svc {
+                Some(svc) => svc.current().map(|(s, _)| usize::from(s)),
+                None => sub.last_layer,
+            };
+            if let Some(l) = layer {
+                by_layer[l.min(2)] += 1;
+            }
+        }
+        by_layer
     }
 
     /// The next instant at which [`WorkerCore::handle_timeout`] must run.
@@ -206,6 +226,9 @@ impl WorkerCore {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        if is_rtp_with_pt(data, session.rtx_pts) {
+            self.stats.rtx_in += 1;
+        }
         let input = Input::Receive(now, contents);
         // The ufrag routed this datagram, but only str0m can verify it (MESSAGE-INTEGRITY).
         if !session.rtc.accepts(&input) {
@@ -567,6 +590,7 @@ impl WorkerCore {
         if session.negotiated_at.is_none() {
             session.negotiated_at = Some(now);
         }
+        session.rtx_pts = rtx_pts(&session.rtc);
         // An offer that restarts ICE gives us new credentials too: route them here.
         let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != session.ufrag {
@@ -767,6 +791,7 @@ impl WorkerCore {
                 if session.negotiated_at.is_none() {
                     session.negotiated_at = Some(now);
                 }
+                session.rtx_pts = rtx_pts(&session.rtc);
                 let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
                 for sub_id in sub_ids {
                     if let Some(sub) = self.subs.get_mut(&sub_id)
@@ -1337,6 +1362,9 @@ impl WorkerCore {
                 Ok(Ok(Output::Transmit(t))) => {
                     self.stats.datagrams_out += 1;
                     self.stats.bytes_out += t.contents.len() as u64;
+                    if is_rtp_with_pt(&t.contents, session.rtx_pts) {
+                        self.stats.rtx_out += 1;
+                    }
                     self.transmits.push(t);
                 }
                 Ok(Ok(Output::Event(e))) => self.events.push_back((session_id, e)),
@@ -1395,7 +1423,10 @@ impl WorkerCore {
                     Some((s.track, layer))
                 });
                 if let Some((track, layer)) = wanted {
-                    self.stats.keyframe_requests_in += 1;
+                    match req.kind {
+                        KeyframeRequestKind::Pli => self.stats.plis_in += 1,
+                        KeyframeRequestKind::Fir => self.stats.firs_in += 1,
+                    }
                     self.request_keyframe(now, track, layer);
                 }
             }
@@ -1609,4 +1640,12 @@ pub(crate) fn random_id() -> String {
     (0..12)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// The negotiated RTX payload types of a session, as a bit set.
+fn rtx_pts(rtc: &str0m::Rtc) -> u128 {
+    rtc.codec_config()
+        .iter()
+        .filter_map(|p| p.resend())
+        .fold(0u128, |set, pt| set | (1u128 << (*pt & 0x7f)))
 }

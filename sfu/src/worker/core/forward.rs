@@ -288,7 +288,7 @@ impl WorkerCore {
         let mut api = session.rtc.direct_api();
         if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
-            self.stats.keyframe_requests_out += 1;
+            self.stats.plis_out += 1;
         }
         self.drain(session_id, now);
     }
