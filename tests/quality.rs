@@ -122,10 +122,21 @@ async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
         v.report(|r| assert_clean_switches(r, &ps));
     }
     // The layer-distribution gauge sees the fast viewer on the top layer.
-    let on_top: usize = (node.media.as_ref().unwrap().snapshots().iter())
-        .map(|s| s.gauges.video_subscriptions_by_layer[2])
-        .sum();
-    assert!(on_top >= 1, "nobody counted on layer 2");
+    // Snapshots refresh every 250 ms and the fast viewer's estimate may dip for a moment under
+    // load: the gauge must show it on top again within a few seconds.
+    let on_top = || -> usize {
+        (node.media.as_ref().unwrap().snapshots().iter())
+            .map(|s| s.gauges.video_subscriptions_by_layer[2])
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while on_top() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody counted on layer 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for c in [p, fast, mid, slow] {
         c.leave().await.unwrap();
     }
