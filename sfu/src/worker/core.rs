@@ -98,6 +98,8 @@ pub(crate) struct WorkerCore {
     removals: Vec<(ParticipantId, LeaveReason)>,
     /// Reused per forwarded packet so fan-out allocates nothing.
     scratch: Vec<SubscriptionId>,
+    /// Some session was marked failed since the last removal pass (saves a scan per packet).
+    failed_pending: bool,
     /// Active speaker detection per room, and the levels noted since the last pass.
     speakers: HashMap<String, crate::speaker::SpeakerDetector>,
     levels: Vec<(Instant, ParticipantId, u8)>,
@@ -135,6 +137,7 @@ impl WorkerCore {
             renegotiate: HashSet::new(),
             removals: Vec::new(),
             scratch: Vec::new(),
+            failed_pending: false,
             speakers: HashMap::new(),
             levels: Vec::new(),
             next_allocation: None,
@@ -250,6 +253,7 @@ impl WorkerCore {
                     "str0m panicked on input; dropping session"
                 );
                 session.failed = true;
+                self.failed_pending = true;
             }
         }
         self.drain(session_id, now);
@@ -285,6 +289,7 @@ impl WorkerCore {
                 let r = catch_unwind(AssertUnwindSafe(|| s.rtc.handle_input(Input::Timeout(now))));
                 if !matches!(r, Ok(Ok(()))) {
                     s.failed = true;
+                    self.failed_pending = true;
                 }
             }
             self.drain(sid, now);
@@ -584,6 +589,7 @@ impl WorkerCore {
             }
             Err(_) => {
                 session.failed = true;
+                self.failed_pending = true;
                 return Err(SfuError::InvalidSdp("offer could not be negotiated".into()));
             }
         };
@@ -810,6 +816,7 @@ impl WorkerCore {
             }
             Err(_) => {
                 session.failed = true;
+                self.failed_pending = true;
                 Err(SfuError::InvalidSdp("answer could not be applied".into()))
             }
         };
@@ -1371,11 +1378,13 @@ impl WorkerCore {
                 Ok(Err(e)) => {
                     debug!(session = session_id, "session ended: {e}");
                     session.failed = true;
+                    self.failed_pending = true;
                     break;
                 }
                 Err(_) => {
                     warn!(session = session_id, "str0m panicked; dropping session");
                     session.failed = true;
+                    self.failed_pending = true;
                     break;
                 }
             }
@@ -1388,12 +1397,15 @@ impl WorkerCore {
             while let Some((sid, ev)) = self.events.pop_front() {
                 self.handle_event(now, sid, ev);
             }
-            let failed: Vec<ParticipantId> = self
-                .sessions
-                .values()
-                .filter(|s| s.failed)
-                .map(|s| s.participant)
-                .collect();
+            let failed: Vec<ParticipantId> = if std::mem::take(&mut self.failed_pending) {
+                self.sessions
+                    .values()
+                    .filter(|s| s.failed)
+                    .map(|s| s.participant)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for pid in failed {
                 self.stats.session_failed("rtc_error");
                 self.remove_participant(now, pid, LeaveReason::ConnectionLost);
@@ -1518,6 +1530,7 @@ impl WorkerCore {
             Event::Closed => {
                 if let Some(s) = self.sessions.get_mut(&session_id) {
                     s.failed = true;
+                    self.failed_pending = true;
                 }
             }
             _ => {}

@@ -232,6 +232,7 @@ impl WorkerCore {
             let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
             if r.is_err() {
                 out.failed = true;
+                self.failed_pending = true;
             }
             self.stats.packets_out += 1;
             let out_id = sub.session;
