@@ -182,6 +182,12 @@ const SFU_FAMILIES: &[Family] = &[
         W,
     ),
     family(
+        "moien_sfu_dependency_descriptor_unreadable_total",
+        "Dependency Descriptors that could not be read (truncated, or no structure seen yet)",
+        COUNTER,
+        W,
+    ),
+    family(
         "moien_sfu_nacks_total",
         "NACKs received from subscribers (in) and sent to publishers (out)",
         COUNTER,
@@ -423,6 +429,7 @@ pub fn families(snapshots: &[WorkerSnapshot]) -> Vec<MetricFamily> {
         push(vec![counter(W, &[w], s.datagrams_dropped as f64)]);
         push(in_out(s.packets_in, s.packets_out));
         push(vec![counter(W, &[w], s.unknown_pt as f64)]);
+        push(vec![counter(W, &[w], s.dd_unreadable as f64)]);
         push(in_out(s.nacks_in, s.nacks_out));
         push(vec![
             counter(WDT, &[w, "in", "pli"], s.plis_in as f64),

@@ -1,22 +1,24 @@
-//! The VP9 RTP payload descriptor (RFC 9628 §4.2): spatial and temporal layer of a packet, picture
-//! boundaries and switch points. The descriptor is written by the packetizer after any frame
-//! encryption, so reading it never touches end-to-end encrypted bytes.
+//! Per-packet SVC descriptors as the layer selector sees them, and the VP9 RTP payload descriptor
+//! (RFC 9628 §4.2): spatial and temporal layer of a packet, picture boundaries and switch points.
+//! The descriptor is written by the packetizer after any frame encryption, so reading it never
+//! touches end-to-end encrypted bytes. The Dependency Descriptor extension
+//! ([`crate::dependency_descriptor`]) yields the same description for AV1.
 
 use crate::layer::SvcPacket;
 
-/// What one VP9 packet's descriptor says.
+/// What one packet's descriptor (VP9 payload descriptor or Dependency Descriptor) says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp9Descriptor {
+pub struct SvcDescriptor {
     pub layers: SvcPacket,
     /// Last packet of this spatial layer's frame (E bit).
     pub end_of_layer_frame: bool,
-    /// Whether the descriptor carried layer indices (L bit); without them the stream has one
-    /// spatial and one temporal layer.
+    /// Whether the stream has layers (VP9: the L bit; DD: a structure with more than one
+    /// layer); without them it has one spatial and one temporal layer.
     pub has_layers: bool,
 }
 
 /// Parses the descriptor at the start of a VP9 RTP payload.
-pub fn parse_vp9(payload: &[u8]) -> Option<Vp9Descriptor> {
+pub fn parse_vp9(payload: &[u8]) -> Option<SvcDescriptor> {
     let b0 = *payload.first()?;
     let i_bit = b0 & 0x80 != 0;
     let p_bit = b0 & 0x40 != 0;
@@ -39,7 +41,7 @@ pub fn parse_vp9(payload: &[u8]) -> Option<Vp9Descriptor> {
         i += if f_bit { 1 } else { 2 };
         payload.get(i - 1)?;
     }
-    Some(Vp9Descriptor {
+    Some(SvcDescriptor {
         layers: SvcPacket {
             spatial: sid,
             temporal: tid,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod bitrate;
 pub mod config;
 mod demux;
+pub mod dependency_descriptor;
 pub mod descriptor;
 pub mod keyframe;
 pub mod layer;

@@ -67,7 +67,8 @@ pub(crate) struct Track {
     pub muted: bool,
     /// Codec of the last packet, for the keyframe detector and `TrackInfo.codec`.
     pub codec: Option<Codec>,
-    /// The stream carries SVC layers (a VP9 descriptor with layer indices was seen).
+    /// The stream carries SVC layers (a VP9 descriptor with layer indices, or a Dependency
+    /// Descriptor structure with several layers, was seen).
     pub svc: bool,
     pub subscriptions: Vec<SubscriptionId>,
     /// Simulcast layers, lowest first (the publisher's rid order); one layer without simulcast.
@@ -90,6 +91,8 @@ pub(crate) struct TrackLayer {
     pub active: bool,
     /// Dynacast: since when no subscriber needs it.
     pub unneeded_since: Option<Instant>,
+    /// The Dependency Descriptor structure of this stream's last keyframe.
+    pub dd: Option<std::sync::Arc<crate::dependency_descriptor::Structure>>,
 }
 
 impl TrackLayer {
@@ -104,6 +107,7 @@ impl TrackLayer {
             flowing_since: None,
             active: true,
             unneeded_since: None,
+            dd: None,
         }
     }
 }

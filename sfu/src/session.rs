@@ -11,8 +11,14 @@ use str0m::bwe::Bitrate;
 use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
 use str0m::media::Mid;
-use str0m::rtp::Ssrc;
+use str0m::rtp::{Extension, Ssrc};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+use crate::dependency_descriptor::{self, DdSerializer};
+
+/// Our id for the Dependency Descriptor extension (str0m's standard map leaves 12 free); an
+/// offer's own id wins in the answer.
+const DD_EXTENSION_ID: u8 = 12;
 
 /// Where bandwidth estimation starts for a sending session: enough for a few base layers and
 /// audio, so a call starts quickly, low enough not to flood a weak link.
@@ -74,7 +80,12 @@ impl RtcFactory {
             .enable_vp9(true)
             .enable_h264(true)
             .enable_av1(true)
-            .set_stats_interval(Some(Duration::from_secs(1)));
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            // Layers of AV1 (and of any encrypted stream) come from this header extension.
+            .set_extension(
+                DD_EXTENSION_ID,
+                Extension::with_serializer(dependency_descriptor::URI, DdSerializer),
+            );
         if let Some(cert) = provider.dtls_provider.generate_certificate() {
             template = template.set_dtls_cert(cert);
         }

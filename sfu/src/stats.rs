@@ -81,6 +81,8 @@ pub struct WorkerStats {
     /// RTP packets written to subscribers.
     pub packets_out: u64,
     pub unknown_pt: u64,
+    /// Dependency Descriptors that could not be read (truncated, or before any structure).
+    pub dd_unreadable: u64,
     /// Keyframe requests from subscribers (PLI, FIR) and to publishers (always PLI).
     pub plis_in: u64,
     pub firs_in: u64,
@@ -127,6 +129,7 @@ impl Default for WorkerStats {
             packets_in: 0,
             packets_out: 0,
             unknown_pt: 0,
+            dd_unreadable: 0,
             plis_in: 0,
             firs_in: 0,
             plis_out: 0,

@@ -1,6 +1,7 @@
 // SVC through the call page: Alice publishes VP9 with three temporal layers (L1T3); Bob decodes
 // it, asks for the base temporal layer only (maxTemporal 0) and his frame rate falls to about a
-// quarter while decoding goes on; maxTemporal 2 restores the full rate.
+// quarter while decoding goes on; maxTemporal 2 restores the full rate. svc_av1.test.mjs runs
+// it with AV1, whose layers the SFU reads from the Dependency Descriptor header extension.
 import {
   runTest, pollUntil, joinCall, remoteTrackSid, shownVideoStats, outboundVideo, randomName, assert,
 } from './lib.mjs';
@@ -13,7 +14,7 @@ const MIME = `video/${CODEC === 'av1' ? 'AV1' : CODEC.toUpperCase()}`;
 const FULL_FPS = 20;
 const BASE_FPS = 12;
 
-runTest('svc', async ({ baseUrl, newPage, step }) => {
+runTest(CODEC === 'vp9' ? 'svc' : `svc-${CODEC}`, async ({ baseUrl, newPage, step }) => {
   const room = randomName('svc');
   const alice = await newPage('alice');
   const bob = await newPage('bob');

@@ -1,27 +1,29 @@
 // Spatial SVC through the call page: Alice publishes VP9 with three spatial and three temporal
 // layers in one stream (L3T3_KEY: 1/4, 1/2 and full resolution); Bob decodes the top layer, asks
 // for the lowest (maxLayer 0) and gets the quarter-width picture while decoding goes on; maxLayer 2
-// brings him back to the top.
+// brings him back to the top. svc_spatial_av1.test.mjs runs it with AV1 (Dependency Descriptor).
 import {
   runTest, pollUntil, joinCall, remoteTrackSid, shownVideoStats, outboundVideo, randomName, assert,
 } from './lib.mjs';
 
 const TILE_VIDEO = '#grid .tile.remote video';
+const CODEC = (process.env.MOIEN_SVC_CODEC || 'vp9').toLowerCase();
+const MIME = `video/${CODEC === 'av1' ? 'AV1' : CODEC.toUpperCase()}`;
 
-runTest('svc_spatial', async ({ baseUrl, newPage, step }) => {
+runTest(CODEC === 'vp9' ? 'svc_spatial' : `svc_spatial-${CODEC}`, async ({ baseUrl, newPage, step }) => {
   const room = randomName('svc-spatial');
   const alice = await newPage('alice');
   const bob = await newPage('bob');
-  await joinCall(alice, baseUrl, room, 'Alice', { codec: 'vp9', svc: 'L3T3_KEY' });
+  await joinCall(alice, baseUrl, room, 'Alice', { codec: CODEC, svc: 'L3T3_KEY' });
   await joinCall(bob, baseUrl, room, 'Bob');
 
-  const sent = await pollUntil('alice encodes VP9 L3T3_KEY', () => outboundVideo(alice),
+  const sent = await pollUntil(`alice encodes ${MIME} L3T3_KEY`, () => outboundVideo(alice),
     (o) => o.some((x) => x.scalabilityMode && x.framesEncoded > 0), { timeoutMs: 10_000 });
-  assert(sent.length === 1 && sent[0].codec === 'video/VP9' && sent[0].scalabilityMode === 'L3T3_KEY',
+  assert(sent.length === 1 && sent[0].codec === MIME && sent[0].scalabilityMode === 'L3T3_KEY',
     `alice sends ${JSON.stringify(sent)}`);
   const trackSid = await pollUntil("bob learns alice's camera track",
     () => remoteTrackSid(bob, 'video', 'camera'), Boolean, { timeoutMs: 10_000 });
-  step(`alice sends VP9 L3T3_KEY; track ${trackSid}`);
+  step(`alice sends ${MIME} L3T3_KEY; track ${trackSid}`);
 
   // The top spatial layer is what Alice encodes: less than 1280 wide while her bandwidth
   // estimate or CPU is short.

@@ -10,6 +10,7 @@ use str0m::media::KeyframeRequestKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 
 use super::WorkerCore;
+use crate::dependency_descriptor::{self, RawDd};
 use crate::descriptor::parse_vp9;
 use crate::keyframe::is_keyframe_start;
 use crate::layer::Verdict;
@@ -96,13 +97,44 @@ impl WorkerCore {
             track.codec = Some(codec);
         }
         let video = track.kind == TrackKind::Video;
-        let keyframe = video && is_keyframe_start(codec, &pkt.payload);
-        // VP9 layer indices in the descriptor make the track SVC: from then on each
-        // subscription filters layers instead of picking a stream.
-        let vp9 = (codec == Codec::Vp9)
-            .then(|| parse_vp9(&pkt.payload))
-            .flatten();
-        if vp9.is_some_and(|d| d.has_layers) && !track.svc {
+        // The Dependency Descriptor, when the publisher sends it: layers and keyframes from the
+        // RTP header, never from the (possibly encrypted) payload.
+        let dd = video
+            .then(|| pkt.header.ext_vals.user_values.get::<RawDd>())
+            .flatten()
+            .and_then(|raw| {
+                let l = track.layers.get_mut(layer)?;
+                match dependency_descriptor::parse(&raw.0, l.dd.as_ref()) {
+                    Ok(frame) => {
+                        if let Some(s) = &frame.structure {
+                            l.dd = Some(s.clone());
+                        }
+                        Some((frame, l.dd.clone()?))
+                    }
+                    Err(_) => {
+                        self.stats.dd_unreadable += 1;
+                        None
+                    }
+                }
+            });
+        // With a descriptor, the payload is not looked at: it may be encrypted, and random
+        // bytes can look like a keyframe header.
+        let keyframe = video
+            && match &dd {
+                Some((f, _)) => f.independent && f.start_of_frame && f.spatial == 0,
+                None => is_keyframe_start(codec, &pkt.payload),
+            };
+        // Layer indices (VP9 payload descriptor; for AV1 the Dependency Descriptor) make a
+        // single-stream track SVC: from then on each subscription filters layers instead of
+        // picking a stream.
+        let svc_desc = match (codec, &dd) {
+            (Codec::Av1, Some((frame, structure))) if track.layers.len() == 1 => {
+                Some(frame.svc(structure))
+            }
+            (Codec::Vp9, _) => parse_vp9(&pkt.payload),
+            _ => None,
+        };
+        if svc_desc.is_some_and(|d| d.has_layers) && !track.svc {
             track.svc = true;
             for sub_id in &track.subscriptions {
                 if let Some(sub) = self.subs.get_mut(sub_id) {
@@ -130,7 +162,13 @@ impl WorkerCore {
         }
         let clock = u64::from(params.spec().clock_rate.get());
         let seq: u64 = *pkt.seq_no;
-        let ext = forwarded_extensions(&pkt.header.ext_vals);
+        let mut ext = forwarded_extensions(&pkt.header.ext_vals);
+        if codec == Codec::Av1
+            && svc
+            && let Some(raw) = pkt.header.ext_vals.user_values.get::<RawDd>()
+        {
+            ext.user_values.set(raw.clone());
+        }
         let mut targets = std::mem::take(&mut self.scratch);
         targets.clear();
         targets.extend_from_slice(&track.subscriptions);
@@ -149,7 +187,7 @@ impl WorkerCore {
             }
             let mut marker = pkt.header.marker;
             if video {
-                let verdict = match (svc, sub.svc.as_mut(), vp9) {
+                let verdict = match (svc, sub.svc.as_mut(), svc_desc) {
                     (true, Some(sel), Some(d)) => {
                         let v = sel.on_packet(d.layers);
                         // Dropping upper spatial layers: the end of the highest one forwarded
