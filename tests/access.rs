@@ -873,6 +873,87 @@ async fn floods_are_rate_limited_and_the_service_survives() {
     node.shutdown().await;
 }
 
+/// An admin API request as a proxy would forward it for the client `xff` names.
+async fn api_status_via(node: &moien::Node, xff: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/rooms", http_url(node)))
+        .bearer_auth(admin_token("*"))
+        .header("x-forwarded-for", xff)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Opens `/rtc` as a proxy would for the client `xff` names: the HTTP status of the upgrade.
+async fn rtc_status_via(node: &moien::Node, xff: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = ws_url(node).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_limits_apply_per_forwarded_client() {
+    // Slow refill: a drained bucket stays drained for the whole test.
+    let limits = |c: &mut moien::config::Config| {
+        c.limits.api_rate_per_ip = 0.1;
+        c.limits.api_burst_per_ip = 3;
+        c.limits.join_rate_per_ip = 0.1;
+        c.limits.join_burst_per_ip = 3;
+    };
+    let node = start_node_with(|c| {
+        limits(c);
+        c.signaling.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    // One client behind the proxy floods the admin API: it alone is limited.
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        flood.push(api_status_via(&node, "198.51.100.7").await);
+    }
+    assert_eq!(flood, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(api_status_via(&node, "198.51.100.8").await, 200);
+    // What a client writes left of the proxy's entry buys no fresh bucket.
+    assert_eq!(
+        api_status_via(&node, "203.0.113.1, 198.51.100.7").await,
+        429
+    );
+    // The address the proxy appended counts, whatever the client claimed before it.
+    assert_eq!(
+        api_status_via(&node, "198.51.100.7, 198.51.100.9").await,
+        200
+    );
+    // A chain of trusted proxies: the nearest untrusted hop is the client.
+    assert_eq!(
+        api_status_via(&node, "198.51.100.7, 127.0.0.5, 127.0.0.9").await,
+        429
+    );
+    // The same for session starts on /rtc.
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        starts.push(rtc_status_via(&node, "198.51.100.30").await);
+    }
+    assert_eq!(starts, [101, 101, 101, 429, 429]);
+    assert_eq!(rtc_status_via(&node, "198.51.100.31").await, 101);
+    node.shutdown().await;
+
+    // Without trusted proxies (the default) the header is ignored: anyone could forge it.
+    let node = start_node_with(limits).await;
+    let mut forged = Vec::new();
+    for i in 0..5 {
+        forged.push(api_status_via(&node, &format!("198.51.100.{i}")).await);
+    }
+    assert_eq!(forged, [200, 200, 200, 429, 429]);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_clients_to_reconnect_elsewhere() {
     let node = start_node().await;

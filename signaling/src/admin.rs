@@ -785,7 +785,7 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<ClientAddr>>()
-        .map(|c| c.0.0.ip());
+        .map(|c| crate::client_ip(&state.config, c.0.0.ip(), req.headers()));
     if let Some(ip) = ip
         && !state.limits.api_per_ip.allow(&ip)
     {

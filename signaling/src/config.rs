@@ -46,6 +46,10 @@ pub struct SignalingConfig {
     pub tls_reload_interval: Duration,
     /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy).
     pub allow_insecure_http: bool,
+    /// Networks of reverse proxies in front of the service (`10.0.0.0/8`, `::1/128`). A request
+    /// from one of them is attributed, for per-address limits, to the nearest untrusted address
+    /// of its `X-Forwarded-For`. Empty: the header is ignored (anyone could write it).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// API keys by id (`[auth] keys`). Set by the binary, never from this section.
     #[serde(skip)]
     pub keys: std::collections::BTreeMap<String, String>,
@@ -174,6 +178,7 @@ impl Default for SignalingConfig {
             tls_key_path: None,
             tls_reload_interval: Duration::from_secs(5),
             allow_insecure_http: false,
+            trusted_proxies: Vec::new(),
             keys: Default::default(),
             rooms: RoomsConfig::default(),
             webhooks: WebhookConfig::default(),

@@ -16,12 +16,12 @@ pub mod webhook;
 pub mod whip;
 pub mod ws;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use moien_protocol::{ErrorCode, IceServer};
@@ -223,6 +223,32 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .expose_headers([header::LOCATION, header::ETAG, header::LINK])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// The address a request is attributed to for per-address limits: the connection's peer or, when
+/// that peer is a trusted proxy, the nearest untrusted address of `X-Forwarded-For` (proxies append
+/// on the right, so addresses left of the first untrusted one are the client's to invent).
+pub fn client_ip(config: &SignalingConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: &IpAddr| config.trusted_proxies.iter().any(|n| n.contains(ip));
+    let mut client = peer.to_canonical();
+    if !trusted(&client) {
+        return client;
+    }
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return client;
+        };
+        for hop in line.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip.to_canonical();
+            if !trusted(&client) {
+                return client;
+            }
+        }
+    }
+    client
 }
 
 /// Whether a browser page of `origin` may open `/rtc`: its own origin, or one configured.

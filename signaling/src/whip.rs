@@ -126,9 +126,16 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Access
 }
 
 /// The per-address limit of session starts.
-fn rate_limited(state: &AppState, addr: &Option<Extension<ConnectInfo<ClientAddr>>>) -> bool {
+fn rate_limited(
+    state: &AppState,
+    addr: &Option<Extension<ConnectInfo<ClientAddr>>>,
+    headers: &HeaderMap,
+) -> bool {
     match addr {
-        Some(Extension(ConnectInfo(ClientAddr(a)))) => !state.limits.join_per_ip.allow(&a.ip()),
+        Some(Extension(ConnectInfo(ClientAddr(a)))) => {
+            let ip = crate::client_ip(&state.config, a.ip(), headers);
+            !state.limits.join_per_ip.allow(&ip)
+        }
         None => false,
     }
 }
@@ -192,7 +199,7 @@ pub async fn whip_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if rate_limited(&state, &addr) {
+    if rate_limited(&state, &addr, &headers) {
         return error(
             ErrorCode::RateLimited,
             "too many sessions from this address",
@@ -264,7 +271,7 @@ pub async fn whep_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if rate_limited(&state, &addr) {
+    if rate_limited(&state, &addr, &headers) {
         return error(
             ErrorCode::RateLimited,
             "too many sessions from this address",

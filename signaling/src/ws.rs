@@ -53,7 +53,7 @@ pub async fn upgrade(
         }
     }
     if let Some(Extension(ConnectInfo(ClientAddr(addr)))) = addr
-        && !state.limits.join_per_ip.allow(&addr.ip())
+        && !(state.limits.join_per_ip).allow(&crate::client_ip(&state.config, addr.ip(), &headers))
     {
         return whip::error(
             ErrorCode::RateLimited,
