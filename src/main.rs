@@ -73,6 +73,10 @@ struct ProbeArgs {
     /// Local address of the probe's media sockets.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
+    /// PEM certificates of the CA that signed an https:// server's certificate, trusted besides
+    /// the system's roots (a private CA).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Place one call, print its figures as JSON and exit (non-zero if it failed).
     #[arg(long)]
     once: bool,
@@ -188,6 +192,11 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     cfg.relay = args.relay;
     cfg.inject_loss = args.inject_loss;
     cfg.bind_ip = args.bind;
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        cfg.tls = Some(moien_client::tls_config(Some(&pem))?);
+    }
     cfg.ws_url()?;
     init_logging(&moien::config::LogConfig::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()

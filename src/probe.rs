@@ -24,8 +24,10 @@ use tracing::{info, warn};
 /// What to probe and how.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
-    /// The server: `http://host:port` (its `/rtc` is used) or a `ws://` URL of `/rtc`.
+    /// The server: `http(s)://host:port` (its `/rtc` is used) or a `ws(s)://` URL of `/rtc`.
     pub url: String,
+    /// TLS for an `https://`/`wss://` server; `None`: the system's roots.
+    pub tls: Option<Arc<moien_client::TlsClientConfig>>,
     /// API secret: the probe mints its own short-lived tokens.
     pub secret: String,
     /// Tone measured per call, after the first audio packet.
@@ -44,6 +46,7 @@ impl ProbeConfig {
     pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
         ProbeConfig {
             url: url.into(),
+            tls: None,
             secret: secret.into(),
             duration: Duration::from_secs(3),
             timeout: Duration::from_secs(20),
@@ -59,17 +62,13 @@ impl ProbeConfig {
         let u = self.url.trim_end_matches('/');
         let ws = if let Some(rest) = u.strip_prefix("http://") {
             format!("ws://{rest}/rtc")
-        } else if u.starts_with("ws://") {
+        } else if let Some(rest) = u.strip_prefix("https://") {
+            format!("wss://{rest}/rtc")
+        } else if u.starts_with("ws://") || u.starts_with("wss://") {
             u.to_string()
-        } else if u.starts_with("https://") || u.starts_with("wss://") {
-            return Err(ProbeError::Config(
-                "TLS URLs are not supported by this build's client; probe the plain HTTP \
-                 listener (e.g. on the node itself) or through a local TLS terminator"
-                    .into(),
-            ));
         } else {
             return Err(ProbeError::Config(format!(
-                "not an http:// or ws:// URL: {u}"
+                "not an http(s):// or ws(s):// URL: {u}"
             )));
         };
         Ok(ws)
@@ -180,6 +179,7 @@ async fn call(cfg: &ProbeConfig) -> Result<CallResult, ProbeError> {
     let capture = Arc::new(Mutex::new(Capture::default()));
 
     let mut rx = ClientConfig::new(&ws, token(&cfg.secret, &room, "probe-rx", false)?);
+    rx.tls = cfg.tls.clone();
     rx.bind_ip = cfg.bind_ip;
     rx.publish_audio = false;
     rx.publish_video = false;
@@ -213,6 +213,7 @@ async fn call(cfg: &ProbeConfig) -> Result<CallResult, ProbeError> {
     let receiver = Client::connect(rx).await?;
 
     let mut tx = ClientConfig::new(&ws, token(&cfg.secret, &room, "probe-tx", true)?);
+    tx.tls = cfg.tls.clone();
     tx.bind_ip = cfg.bind_ip;
     tx.tone_hz = cfg.tone_hz;
     tx.verify = false;
@@ -584,7 +585,8 @@ mod tests {
         assert_eq!(c.ws_url().unwrap(), "ws://127.0.0.1:7880/rtc");
         let c = ProbeConfig::new("ws://h:1/rtc", "s");
         assert_eq!(c.ws_url().unwrap(), "ws://h:1/rtc");
-        assert!(ProbeConfig::new("https://h", "s").ws_url().is_err());
+        let c = ProbeConfig::new("https://moien.example.lu", "s");
+        assert_eq!(c.ws_url().unwrap(), "wss://moien.example.lu/rtc");
         assert!(ProbeConfig::new("h:1", "s").ws_url().is_err());
     }
 }

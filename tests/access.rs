@@ -1024,6 +1024,39 @@ async fn tls_connect(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_calls_over_wss_trusting_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("moien-tls-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (pem, key, _) = certificate();
+    std::fs::write(&cert_path, &pem).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let node = start_node_with(|c| {
+        c.signaling.tls_cert_path = Some(cert_path.clone());
+        c.signaling.tls_key_path = Some(key_path.clone());
+    })
+    .await;
+    assert!(node.https);
+    let mut cfg = moien::probe::ProbeConfig::new(format!("https://{}", node.http), SECRET);
+    assert_eq!(cfg.ws_url().unwrap(), format!("wss://{}/rtc", node.http));
+
+    // The system's roots do not know the private CA: refused, with a TLS reason.
+    let refused = moien::probe::call_once(&cfg).await.expect_err("unknown CA");
+    assert!(
+        refused.to_string().to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+    // Trusting it (what `moien probe --ca-file` does), a whole call runs over WSS.
+    cfg.tls = Some(moien_client::tls_config(Some(pem.as_bytes())).unwrap());
+    let call = moien::probe::call_once(&cfg).await.expect("call over wss");
+    assert_eq!(call.loss_ratio, 0.0, "{call:?}");
+    assert!(call.snr_db > 20.0, "{call:?}");
+    assert!(moien_client::tls_config(Some(b"not a certificate")).is_err());
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_with_certificate_reload() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = std::env::temp_dir().join(format!("moien-tls-{}", std::process::id()));

@@ -40,8 +40,10 @@ use crate::speech::{SpeechPattern, SpeechSource};
 /// How a simulated participant behaves.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// WebSocket URL, e.g. `ws://127.0.0.1:7880/rtc`.
+    /// WebSocket URL, e.g. `ws://127.0.0.1:7880/rtc` or `wss://moien.example.lu/rtc`.
     pub url: String,
+    /// TLS for a `wss://` URL; `None`: the system's roots ([`tls_config`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub token: String,
     /// Local address for the UDP sockets.
     pub bind_ip: IpAddr,
@@ -127,6 +129,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
+            tls: None,
             token: token.into(),
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             publish_audio: true,
@@ -161,6 +164,60 @@ pub enum ClientError {
     Protocol(String),
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// rustls's client settings, as [`ClientConfig::tls`] takes them.
+pub use rustls::ClientConfig as TlsClientConfig;
+
+/// TLS settings for `wss://`: the system's root certificates plus `extra_ca_pem` (PEM
+/// certificates of a private CA, as government networks often have), rustls with aws-lc-rs.
+pub fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped, as browsers do.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::Tls("no certificate in the CA file".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens the WebSocket: plain for `ws://`, TLS with `tls` (or the system's roots) for `wss://`.
+async fn ws_connect(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<WsStream, ClientError> {
+    if !url.starts_with("wss://") {
+        return Ok(tokio_tungstenite::connect_async(url).await?.0);
+    }
+    let tls = match tls {
+        Some(t) => t.clone(),
+        None => tls_config(None)?,
+    };
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)).await?;
+    Ok(ws)
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
@@ -332,7 +389,7 @@ impl Client {
         mut config: ClientConfig,
         resumable: bool,
     ) -> Result<Client, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(config.url.as_str()).await?;
+        let ws = ws_connect(&config.url, config.tls.as_ref()).await?;
         let (mut sink, mut stream) = ws.split();
         let join = ClientMessage::Join {
             version: PROTOCOL_VERSION,
@@ -392,6 +449,7 @@ impl Client {
         let (changed_tx, changed) = watch::channel(0u64);
         let (commands, rx) = mpsc::channel(64);
         let url = config.url.clone();
+        let tls = config.tls.clone();
         let mut driver = Driver::new(config, report.clone(), changed_tx).await?;
         driver.websocket = true;
         if !resumable {
@@ -416,6 +474,7 @@ impl Client {
         tokio::spawn(socket_task(
             ws,
             url,
+            tls,
             resume_token,
             from_driver,
             to_driver,
@@ -649,6 +708,7 @@ fn resume_token_of(text: &str) -> Option<String> {
 async fn socket_task(
     ws: WsStream,
     url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
     mut token: Option<String>,
     mut from_driver: mpsc::Receiver<Message>,
     to_driver: mpsc::Sender<WsResult>,
@@ -693,8 +753,8 @@ async fn socket_task(
                     }
                 }
                 let Some(t) = token.clone() else { return };
-                match tokio_tungstenite::connect_async(url.as_str()).await {
-                    Ok((mut socket, _)) => {
+                match ws_connect(&url, tls.as_ref()).await {
+                    Ok(mut socket) => {
                         let resume = ClientMessage::Resume { version: PROTOCOL_VERSION, token: t };
                         if socket.send(Message::Text(to_json(&resume).into())).await.is_err() {
                             return;
@@ -702,6 +762,12 @@ async fn socket_task(
                         ws = Some(socket);
                     }
                     Err(e) => {
+                        let e = match e {
+                            ClientError::WebSocket(e) => *e,
+                            e => tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other(
+                                e.to_string(),
+                            )),
+                        };
                         let _ = to_driver.send(Err(e)).await;
                         return;
                     }
