@@ -1023,20 +1023,28 @@ async fn tls_connect(
     Ok((tls, shown))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_probe_calls_over_wss_trusting_a_private_ca() {
-    let dir = std::env::temp_dir().join(format!("moien-tls-probe-{}", std::process::id()));
+/// A node serving HTTPS/WSS with a fresh self-signed certificate (`cert.pem`, `key.pem` in the
+/// returned directory, re-read every 200 ms); also returns the certificate as PEM and DER.
+async fn start_tls_node(tag: &str) -> (moien::Node, std::path::PathBuf, (String, Vec<u8>)) {
+    let dir = std::env::temp_dir().join(format!("moien-tls-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (pem, key, _) = certificate();
+    let (pem, key, der) = certificate();
     std::fs::write(&cert_path, &pem).unwrap();
     std::fs::write(&key_path, &key).unwrap();
     let node = start_node_with(|c| {
-        c.signaling.tls_cert_path = Some(cert_path.clone());
-        c.signaling.tls_key_path = Some(key_path.clone());
+        c.signaling.tls_cert_path = Some(cert_path);
+        c.signaling.tls_key_path = Some(key_path);
+        c.signaling.tls_reload_interval = Duration::from_millis(200);
     })
     .await;
     assert!(node.https);
+    (node, dir, (pem, der))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_calls_over_wss_trusting_a_private_ca() {
+    let (node, dir, (pem, _)) = start_tls_node("probe").await;
     let mut cfg = moien::probe::ProbeConfig::new(format!("https://{}", node.http), SECRET);
     assert_eq!(cfg.ws_url().unwrap(), format!("wss://{}/rtc", node.http));
 
@@ -1059,19 +1067,8 @@ async fn the_probe_calls_over_wss_trusting_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_with_certificate_reload() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = std::env::temp_dir().join(format!("moien-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (node, dir, (_, der1)) = start_tls_node("reload").await;
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (pem1, key1, der1) = certificate();
-    std::fs::write(&cert_path, &pem1).unwrap();
-    std::fs::write(&key_path, &key1).unwrap();
-    let node = start_node_with(|c| {
-        c.signaling.tls_cert_path = Some(cert_path.clone());
-        c.signaling.tls_key_path = Some(key_path.clone());
-        c.signaling.tls_reload_interval = Duration::from_millis(200);
-    })
-    .await;
-    assert!(node.https);
 
     // HTTPS.
     let (mut tls, shown) = tls_connect(node.http, &der1).await.unwrap();
