@@ -75,6 +75,12 @@ pub(crate) enum Command {
 /// many participants it has there. The worker updates it when participants leave.
 pub(crate) type Placement = Arc<DashMap<String, (usize, usize)>>;
 
+/// Retransmission history per subscription: NACKs for older packets go unanswered.
+const RTX_HISTORY: Duration = Duration::from_secs(1);
+const RTX_HISTORY_PACKETS: usize = 1024;
+/// str0m's default: resends stop when they exceed 15 % of what a stream sends.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+
 pub(crate) struct WorkerCore {
     index: usize,
     config: MediaConfig,
@@ -799,6 +805,17 @@ impl WorkerCore {
                 }
                 session.rtx_pts = rtx_pts(&session.rtc);
                 let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
+                // A shorter retransmission history than str0m's 3 s: a packet resent later than
+                // this arrives after its frame was due, and the histories (and the publishers'
+                // payloads they keep alive) were most of a node's memory per participant.
+                let mut api = session.rtc.direct_api();
+                for sub in sub_ids.iter().filter_map(|id| self.subs.get(id)) {
+                    if let (false, Some(mid)) = (sub.negotiated, sub.mid)
+                        && let Some(tx) = api.stream_tx_by_mid(mid, None)
+                    {
+                        tx.set_rtx_cache(RTX_HISTORY_PACKETS, RTX_HISTORY, RTX_RATIO_CAP);
+                    }
+                }
                 for sub_id in sub_ids {
                     if let Some(sub) = self.subs.get_mut(&sub_id)
                         && !sub.negotiated
