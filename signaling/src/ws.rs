@@ -27,6 +27,11 @@ use crate::{AppState, ClientAddr, resume, whip};
 /// Hard ceiling for one frame or message at the WebSocket layer; anything between
 /// [`MAX_MESSAGE_BYTES`] and this is read, then refused with close code 1009.
 const WS_HARD_LIMIT: usize = 1024 * 1024;
+/// Initial read buffer per connection (it grows for a larger message); tungstenite's 128 KiB
+/// default was a tenth of a participant's memory on a node.
+const WS_READ_BUFFER: usize = 8 * 1024;
+/// How long a closed session waits for the client's close frame before dropping the connection.
+const LINGER: Duration = Duration::from_secs(2);
 
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -62,6 +67,7 @@ pub async fn upgrade(
     }
     ws.max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| session(socket, state))
 }
 
@@ -157,16 +163,35 @@ struct Ctx {
 }
 
 async fn session(socket: WebSocket, state: AppState) {
+    let (mut sink, mut stream) = socket.split();
+    converse(&mut sink, &mut stream, state).await;
+    linger(&mut stream).await;
+}
+
+/// Reads until the client's close frame (the reply to ours) or the end of the connection, for a
+/// short while. Dropping a TCP connection with unread data in it makes the kernel reset it, and
+/// a reset can discard what the client had not read yet: the last `leave` and our close frame.
+async fn linger(stream: &mut Stream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn converse(sink: &mut Sink, stream: &mut Stream, state: AppState) {
     let metrics = state.metrics.clone();
     let _open = metrics.websocket_opened();
     let _tracked = state.sessions.open();
-    let (mut sink, mut stream) = socket.split();
     let join_timeout = state.config.join_timeout;
-    let first = match tokio::time::timeout(join_timeout, next(&mut stream)).await {
+    let first = match tokio::time::timeout(join_timeout, next(stream)).await {
         Ok(m) => m,
         Err(_) => {
             fail(
-                &mut sink,
+                sink,
                 &metrics,
                 ErrorCode::InvalidState,
                 "no join in time",
@@ -187,13 +212,13 @@ async fn session(socket: WebSocket, state: AppState) {
             version,
             token,
             room,
-        }) => join(&state, &mut sink, version, &token, room, events_tx).await,
+        }) => join(&state, sink, version, &token, room, events_tx).await,
         Incoming::Message(ClientMessage::Resume { version, token }) => {
-            resume(&state, &mut sink, version, &token, events_tx).await
+            resume(&state, sink, version, &token, events_tx).await
         }
         Incoming::Message(_) => {
             fail(
-                &mut sink,
+                sink,
                 &metrics,
                 ErrorCode::InvalidState,
                 "join first",
@@ -203,12 +228,12 @@ async fn session(socket: WebSocket, state: AppState) {
             return;
         }
         Incoming::Bad(e) => {
-            fail(&mut sink, &metrics, ErrorCode::BadRequest, e, CLOSE_POLICY).await;
+            fail(sink, &metrics, ErrorCode::BadRequest, e, CLOSE_POLICY).await;
             return;
         }
         Incoming::TooBig => {
             fail(
-                &mut sink,
+                sink,
                 &metrics,
                 ErrorCode::TooLarge,
                 "message over 64 KiB",
@@ -222,19 +247,19 @@ async fn session(socket: WebSocket, state: AppState) {
     let Some((ctx, hello)) = started else {
         return;
     };
-    if !send(&mut sink, &metrics, &hello).await {
+    if !send(sink, &metrics, &hello).await {
         // It never got its resume token: nothing can come back.
         let _ = state.media.leave(&ctx.me, LeaveReason::ClientRequest).await;
         state.slots.forget(&ctx.me.sid);
         return;
     }
-    match run(&state, &ctx, &mut sink, &mut stream, &mut events).await {
+    match run(&state, &ctx, sink, stream, &mut events).await {
         End::Left | End::Removed => state.slots.forget(&ctx.me.sid),
         End::Dropped => detach(&state, &ctx).await,
         End::Shutdown => {
             let reason = LeaveReason::ServerShutdown;
-            send(&mut sink, &metrics, &ServerMessage::Leave { reason }).await;
-            close(&mut sink, CLOSE_GOING_AWAY, "server shutting down").await;
+            send(sink, &metrics, &ServerMessage::Leave { reason }).await;
+            close(sink, CLOSE_GOING_AWAY, "server shutting down").await;
             let _ = state.media.leave(&ctx.me, reason).await;
             state.slots.forget(&ctx.me.sid);
         }
