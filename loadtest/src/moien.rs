@@ -48,6 +48,9 @@ impl MoienTarget {
         .env("MOIEN_TURN_LISTEN_UDP", "[]")
         .env("MOIEN_TURN_LISTEN_TCP", "[]")
         .env("MOIEN_METRICS_LISTEN", "127.0.0.1:0")
+        // Every simulated participant comes from this one address: the per-address join limit
+        // (there against floods) would refuse a room of more than 50 at once.
+        .env("MOIEN_LIMITS_JOIN_RATE_PER_IP", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
