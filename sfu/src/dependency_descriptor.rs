@@ -71,7 +71,9 @@ pub struct Frame {
     pub frame_number: u16,
     pub spatial: u8,
     pub temporal: u8,
-    pub dtis: Vec<Dti>,
+    /// A switch point of every decode target the frame belongs to: a subscriber may add layers
+    /// here. (Conservative: a frame that is a switch point of only some targets is not one.)
+    pub switch_point: bool,
     /// Whether the frame depends on no earlier frame.
     pub independent: bool,
     /// The structure this packet carried (keyframes), to keep for the packets that follow.
@@ -88,13 +90,7 @@ impl Frame {
                 temporal: self.temporal,
                 start_of_frame: self.start_of_frame && self.spatial == 0,
                 keyframe: self.independent && self.spatial == 0,
-                // Conservative: only a frame that is a switch point of every decode target it
-                // belongs to lets a subscriber add layers here.
-                switch_point: self
-                    .dtis
-                    .iter()
-                    .filter(|d| **d != Dti::NotPresent)
-                    .all(|d| *d == Dti::Switch),
+                switch_point: self.switch_point,
             },
             end_of_layer_frame: self.end_of_frame,
             has_layers: max_s > 0 || max_t > 0,
@@ -250,14 +246,16 @@ pub fn parse(buf: &[u8], known: Option<&Arc<Structure>>) -> Result<Frame, DdErro
     let s = structure.as_ref().or(known).ok_or(DdError::NoStructure)?;
     let index = (usize::from(template_id) + 64 - usize::from(s.template_id_offset)) % 64;
     let template = s.templates.get(index).ok_or(DdError::UnknownTemplate)?;
-    let dtis = if custom_dtis {
-        let mut v = Vec::with_capacity(s.decode_targets);
+    // Per packet: no allocation, the frame's indications are only folded into one flag.
+    let is_switch = |d: Dti| d == Dti::NotPresent || d == Dti::Switch;
+    let switch_point = if custom_dtis {
+        let mut all = true;
         for _ in 0..s.decode_targets {
-            v.push(Dti::from_bits(b.f(2)?));
+            all &= is_switch(Dti::from_bits(b.f(2)?));
         }
-        v
+        all
     } else {
-        template.dtis.clone()
+        template.dtis.iter().all(|d| is_switch(*d))
     };
     let independent = if custom_fdiffs {
         // A list of (2-bit size, value) entries ended by size 0: empty means no dependency.
@@ -271,7 +269,7 @@ pub fn parse(buf: &[u8], known: Option<&Arc<Structure>>) -> Result<Frame, DdErro
         frame_number,
         spatial: template.spatial,
         temporal: template.temporal,
-        dtis,
+        switch_point,
         independent,
         structure,
     })

@@ -125,8 +125,8 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Access
     Ok(claims)
 }
 
-/// The per-address limit of session starts.
-fn rate_limited(
+/// The per-address limit of session starts (`/rtc`, WHIP, WHEP).
+pub(crate) fn rate_limited(
     state: &AppState,
     addr: &Option<Extension<ConnectInfo<ClientAddr>>>,
     headers: &HeaderMap,

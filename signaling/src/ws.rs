@@ -57,9 +57,7 @@ pub async fn upgrade(
             return whip::error(ErrorCode::Forbidden, "pages of this origin may not connect");
         }
     }
-    if let Some(Extension(ConnectInfo(ClientAddr(addr)))) = addr
-        && !(state.limits.join_per_ip).allow(&crate::client_ip(&state.config, addr.ip(), &headers))
-    {
+    if whip::rate_limited(&state, &addr, &headers) {
         return whip::error(
             ErrorCode::RateLimited,
             "too many connections from this address",
