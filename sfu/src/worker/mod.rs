@@ -97,8 +97,14 @@ pub(crate) fn spawn(
                 }
             };
             let core = WorkerCore::new(index, config, adv, placement, Some(node_events));
-            if let Err(e) = rt.block_on(run(core, socket, rx, shared)) {
-                error!("media worker {index} stopped: {e}");
+            // Run as a task, not as block_on's own future: waking block_on's future writes to
+            // the runtime's eventfd (and costs one more epoll round) on every socket wake-up,
+            // while a task woken on its own thread is only queued.
+            let result = rt.block_on(async { tokio::spawn(run(core, socket, rx, shared)).await });
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!("media worker {index} stopped: {e}"),
+                Err(e) => error!("media worker {index} failed: {e}"),
             }
         })?;
     Ok(WorkerHandle {
@@ -122,10 +128,20 @@ async fn run(
     let mut metas = vec![RecvMeta::default(); RECV_BATCH];
     let mut next_snapshot = Instant::now();
     let mut sender = send::Sender::default();
+    let sleep = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = core
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        // Re-arming tokio's timer wakes its driver through an eventfd write whenever the new
+        // deadline is earlier, so only re-arm when the deadline moves by the timer's
+        // resolution (1 ms).
+        if armed.is_none_or(|a| deadline < a || deadline >= a + Duration::from_millis(1)) {
+            sleep.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         let woke: Instant;
         tokio::select! {
             biased;
@@ -143,8 +159,9 @@ async fn run(
                 r?;
                 receive_batch(&mut core, &socket, &state, &mut bufs, &mut metas, &mut sender);
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = &mut sleep => {
                 woke = Instant::now();
+                armed = None;
                 core.handle_timeout(Instant::now());
             }
         }

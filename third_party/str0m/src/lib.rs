@@ -1567,6 +1567,53 @@ impl Rtc {
         }
     }
 
+    /// Sends what was written, without a full timeout pass (a Moien patch).
+    ///
+    /// The send half of [`Input::Timeout`]: advances time to `now`, timestamps RTP written
+    /// since the last call and lets the pacer release what its budget allows. ICE, DTLS, SCTP,
+    /// RTCP and bandwidth-estimation timers are not run; any that came due are still reported
+    /// by [`Rtc::poll_output`] as a passed timeout, so the caller's timer loop drives them as
+    /// before. While a bandwidth probe runs this only advances time and the next timeout pass
+    /// sends. A forwarder calls this after each write instead of waiting for `poll_output` to
+    /// ask for an immediate timeout: one full pass costs more than the packet it releases.
+    pub fn handle_send(&mut self, now: Instant) {
+        if self.state != RtcState::Alive || self.need_init_time || now < self.last_now {
+            drop(self.readiness.wake());
+            return;
+        }
+        self.last_now = now;
+        if self.session.handle_send(now) {
+            self.readiness.wake_media();
+        } else {
+            drop(self.readiness.wake());
+        }
+    }
+
+    /// Writes one RTP packet to the send stream of `mid` and sends it (a Moien patch).
+    ///
+    /// [`StreamTx::write_rtp`][crate::rtp::StreamTx::write_rtp] followed by
+    /// [`Rtc::handle_send`], in a way that lets the next [`Rtc::poll_output`] calls visit only
+    /// the media send path instead of the whole tree: a forwarder writes one packet per
+    /// subscriber per received packet, and walking ICE, DTLS and SCTP for each costs more
+    /// than building the packet. Returns `false` when `mid` has no send stream.
+    pub fn write_rtp(
+        &mut self,
+        mid: media::Mid,
+        write: crate::rtp::RtpWrite,
+        now: Instant,
+    ) -> bool {
+        let Some(tx) = self
+            .session
+            .streams
+            .stream_tx_by_midrid(crate::rtp_::MidRid(mid, None))
+        else {
+            return false;
+        };
+        tx.write_rtp(write);
+        self.handle_send(now);
+        true
+    }
+
     /// Poll the `Rtc` instance for output. Output can be three things, something to _Transmit_
     /// via a UDP socket (maybe via a TURN server). An _Event_, such as receiving media data,
     /// or a _Timeout_.
@@ -1630,6 +1677,21 @@ impl Rtc {
         }
 
         if !self.readiness.wants_events() {
+            // Moien patch: only media is pending (`Rtc::handle_send`).
+            if self.readiness.wants_media() {
+                if let Some(send) = &self.send_addr {
+                    if let Some(contents) = self.session.poll_datagram(self.last_now) {
+                        let t = net::Transmit {
+                            proto: send.proto,
+                            source: send.source,
+                            destination: send.destination,
+                            contents,
+                        };
+                        return Ok(Some(Output::Transmit(t)));
+                    }
+                }
+                self.readiness.clear_media();
+            }
             return Ok(Some(Output::Timeout(self.poll_timeout())));
         }
 

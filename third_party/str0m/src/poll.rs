@@ -151,6 +151,9 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    /// Moien patch: only the media send path has output (see `Rtc::handle_send`), so
+    /// `poll_output` may skip walking ICE, DTLS, SCTP and the event queues.
+    media: bool,
 }
 
 impl Readiness {
@@ -159,6 +162,7 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            media: true,
         }
     }
 
@@ -172,6 +176,23 @@ impl Readiness {
 
     pub(crate) fn clear_events(&mut self) {
         self.events = false;
+        self.media = false;
+    }
+
+    /// Moien patch: see [`Readiness::media`].
+    pub(crate) fn wants_media(&self) -> bool {
+        self.media
+    }
+
+    /// Moien patch: media was queued for sending; timers may have moved.
+    pub(crate) fn wake_media(&mut self) {
+        self.media = true;
+        self.timeout = true;
+    }
+
+    /// Moien patch: the media send path is drained.
+    pub(crate) fn clear_media(&mut self) {
+        self.media = false;
     }
 
     pub(crate) fn clear_timeout(&mut self) {
@@ -228,6 +249,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            media: false,
         }
     }
 }

@@ -351,6 +351,19 @@ impl Session {
         Ok(())
     }
 
+    /// Moien patch: the send half of [`Session::handle_timeout`], see `Rtc::handle_send`.
+    /// Returns `false` when it left the work to the next full timeout pass.
+    pub fn handle_send(&mut self, now: Instant) -> bool {
+        // A probe times its packets through full timeout passes; leave it to them.
+        if self.rtp_closing || self.srtp_tx.is_none() || self.pacer.active_cluster().is_some() {
+            return false;
+        }
+        self.streams
+            .handle_send(now, &self.medias, &self.codec_config);
+        self.update_queue_state(now, None);
+        true
+    }
+
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
         self.bwe.as_ref()?;
 
@@ -1229,11 +1242,22 @@ impl Session {
     }
 
     fn poll_packet(&mut self, now: Instant) -> Option<DatagramSend> {
-        let srtp_tx = self.srtp_tx.as_mut()?;
+        self.srtp_tx.as_ref()?;
 
         // Figure out which, if any, queue to poll
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
-        let (midrid, cluster_id) = self.pacer.poll_queue()?;
+        let (midrid, cluster_id) = match self.pacer.poll_queue() {
+            Some(v) => v,
+            // Moien patch: the pacer wants its queue view refreshed after a send. Refreshing
+            // it here releases a burst within the pacer's budget in one drain, instead of one
+            // packet per full `Rtc` timeout pass (each costing more than the packet).
+            None if self.pacer.wants_refresh() => {
+                self.update_queue_state(now, None);
+                self.pacer.poll_queue()?
+            }
+            None => return None,
+        };
+        let srtp_tx = self.srtp_tx.as_mut()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());

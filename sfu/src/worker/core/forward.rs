@@ -243,10 +243,7 @@ impl WorkerCore {
                 tracing::debug!(sub = sub_id, from = ?sub.last_layer, to = layer, "layer switch");
                 sub.last_layer = Some(layer);
             }
-            let mut api = out.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
+            let rtc = &mut out.rtc;
             let mut write = RtpWrite::new(out_pt, out_seq.into(), out_ts, pkt.timestamp, payload)
                 .marker(marker)
                 .nackable(video)
@@ -267,10 +264,16 @@ impl WorkerCore {
                     }
                 }
             }
-            let r = catch_unwind(AssertUnwindSafe(|| tx.write_rtp(write)));
-            if r.is_err() {
+            // Sent now, not after a timeout pass, and drained through the media path only
+            // (`Rtc::write_rtp`, our str0m patch).
+            let r = catch_unwind(AssertUnwindSafe(|| rtc.write_rtp(mid, write, now)));
+            let Ok(written) = r else {
                 out.failed = true;
                 self.failed_pending = true;
+                continue;
+            };
+            if !written {
+                continue;
             }
             self.stats.packets_out += 1;
             let out_id = sub.session;

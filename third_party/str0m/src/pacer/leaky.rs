@@ -195,6 +195,11 @@ impl LeakyBucketPacer {
         self.request_immediate_timeout();
     }
 
+    /// Moien patch: see `PacerImpl::wants_refresh`.
+    pub(crate) fn wants_refresh(&self) -> bool {
+        self.needs_timeout_before_next_poll && self.probe_queue.is_empty()
+    }
+
     /// Get the cluster ID of the active probe, if any.
     pub(crate) fn active_cluster(&self) -> Option<TwccClusterId> {
         self.probe_queue.front().map(|p| p.config().cluster())

@@ -47,6 +47,15 @@ impl PacerImpl {
         }
     }
 
+    /// Moien patch: the pacer sent a packet and needs a fresh queue view before the next one,
+    /// outside a probe (which times its packets through full timeout passes).
+    pub fn wants_refresh(&self) -> bool {
+        match self {
+            PacerImpl::Null(_) => false,
+            PacerImpl::LeakyBucket(v) => v.wants_refresh(),
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,

@@ -490,6 +490,19 @@ impl Streams {
         }
     }
 
+    /// Moien patch: timestamps newly written RTP, the send-stream part of `handle_timeout`.
+    pub(crate) fn handle_send(&mut self, now: Instant, medias: &[Media], codecs: &CodecConfig) {
+        for stream in self.streams_tx.values_mut() {
+            if !stream.need_timeout() {
+                continue;
+            }
+            let mid = stream.mid();
+            // Same invariant as in `handle_timeout`: a StreamTx always has its Media.
+            let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+            stream.handle_timeout(now, get_media);
+        }
+    }
+
     pub(crate) fn poll_keyframe_request(&mut self) -> Option<KeyframeRequest> {
         self.streams_tx.values_mut().find_map(|s| {
             let kind = s.poll_keyframe_request()?;
