@@ -45,8 +45,13 @@ pub enum Grant {
 }
 
 /// Upgrading needs this much room beyond the layer's rate, so that noise in the estimate does
-/// not flap layers; downgrades happen as soon as a layer no longer fits.
+/// not flap layers.
 const UPGRADE_MARGIN_PERCENT: u64 = 10;
+/// A layer being forwarded is kept until the estimate falls this far below its rate: the
+/// delay-based estimate dips for a moment whenever a burst (a keyframe) meets a bottleneck, and
+/// dropping the layer for each dip made a subscriber whose link just fits it flap between two
+/// layers, each switch costing a keyframe.
+const KEEP_MARGIN_PERCENT: u64 = 10;
 /// A video that flows keeps its lowest layer until the estimate falls this far below what that
 /// layer needs: congestion control estimates conservatively, and a paused video on a link that
 /// carries its base layer is worse than a base layer briefly above the estimate.
@@ -87,7 +92,7 @@ pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
         let need = if upgrade {
             rate + rate * UPGRADE_MARGIN_PERCENT / 100
         } else {
-            rate
+            rate - rate * KEEP_MARGIN_PERCENT / 100
         };
         used + need <= budget_bps
     };
