@@ -152,6 +152,8 @@ pub(crate) struct Session {
     pub negotiated_at: Option<Instant>,
     /// Negotiated RTX payload types (bit `pt` set), to count retransmissions on the wire.
     pub rtx_pts: u128,
+    /// Retransmission history of this session's subscriptions, from its round-trip time.
+    pub rtx_history: std::time::Duration,
     /// Subscriber sessions: our outstanding offer, and whether more changes wait for it.
     pub pending_offer: Option<SdpPendingOffer>,
     pub offer_sent_at: Option<Instant>,
@@ -215,6 +217,7 @@ impl Session {
             disconnected_since: None,
             negotiated_at: None,
             rtx_pts: 0,
+            rtx_history: crate::worker::core::rtx_history(None),
             pending_offer: None,
             offer_sent_at: None,
             needs_offer: false,

@@ -75,9 +75,21 @@ pub(crate) enum Command {
 /// many participants it has there. The worker updates it when participants leave.
 pub(crate) type Placement = Arc<DashMap<String, (usize, usize)>>;
 
-/// Retransmission history per subscription: NACKs for older packets go unanswered.
-const RTX_HISTORY: Duration = Duration::from_secs(1);
+/// Most packets kept for retransmission per subscription (the time bound usually rules).
 const RTX_HISTORY_PACKETS: usize = 1024;
+
+/// How long a subscription keeps sent packets for retransmission, from the subscriber's
+/// round-trip time: three round trips (a NACK, its retransmission and one retry), at least
+/// 500 ms and at most 2 s, in 250 ms steps so that RTT noise does not rebuild the history.
+/// A packet resent later arrives after its frame was due. str0m keeps 3 s by default; these
+/// histories (and the publishers' payloads they keep alive) were the largest memory per
+/// participant (docs/PERFORMANCE.md).
+pub(crate) fn rtx_history(rtt: Option<Duration>) -> Duration {
+    const STEP_MS: u128 = 250;
+    let three = rtt.unwrap_or(Duration::ZERO).as_millis() * 3;
+    let stepped = three.div_ceil(STEP_MS) * STEP_MS;
+    Duration::from_millis(stepped.clamp(500, 2_000) as u64)
+}
 /// str0m's default: resends stop when they exceed 15 % of what a stream sends.
 const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 
@@ -805,15 +817,13 @@ impl WorkerCore {
                 }
                 session.rtx_pts = rtx_pts(&session.rtc);
                 let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
-                // A shorter retransmission history than str0m's 3 s: a packet resent later than
-                // this arrives after its frame was due, and the histories (and the publishers'
-                // payloads they keep alive) were most of a node's memory per participant.
+                let history = session.rtx_history;
                 let mut api = session.rtc.direct_api();
                 for sub in sub_ids.iter().filter_map(|id| self.subs.get(id)) {
                     if let (false, Some(mid)) = (sub.negotiated, sub.mid)
                         && let Some(tx) = api.stream_tx_by_mid(mid, None)
                     {
-                        tx.set_rtx_cache(RTX_HISTORY_PACKETS, RTX_HISTORY, RTX_RATIO_CAP);
+                        tx.set_rtx_cache(RTX_HISTORY_PACKETS, history, RTX_RATIO_CAP);
                     }
                 }
                 for sub_id in sub_ids {
@@ -1437,6 +1447,29 @@ impl WorkerCore {
         }
     }
 
+    /// Resizes a session's retransmission histories when its round-trip time moves them to
+    /// another step of [`rtx_history`] (rebuilding one drops its packets, so only then).
+    fn follow_rtt(&mut self, session_id: SessionId, rtt: Duration) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let history = rtx_history(Some(rtt));
+        if history == session.rtx_history {
+            return;
+        }
+        session.rtx_history = history;
+        let mids: Vec<Mid> = (session.send_subs.iter())
+            .filter(|(_, id)| self.subs.get(id).is_some_and(|s| s.negotiated))
+            .map(|(mid, _)| *mid)
+            .collect();
+        let mut api = session.rtc.direct_api();
+        for mid in mids {
+            if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                tx.set_rtx_cache(RTX_HISTORY_PACKETS, history, RTX_RATIO_CAP);
+            }
+        }
+    }
+
     fn handle_event(&mut self, now: Instant, session_id: SessionId, event: Event) {
         match event {
             Event::RtpPacket(pkt) => self.forward(now, session_id, pkt),
@@ -1521,6 +1554,9 @@ impl WorkerCore {
                         .insert((m.mid, m.rid, true), m.nacks)
                         .unwrap_or(0);
                     self.stats.nacks_in += m.nacks.saturating_sub(last);
+                    if let Some(rtt) = m.rtt {
+                        self.follow_rtt(session_id, rtt);
+                    }
                 }
             }
             Event::MediaIngressStats(m) => {
@@ -1678,4 +1714,20 @@ fn rtx_pts(rtc: &str0m::Rtc) -> u128 {
         .iter()
         .filter_map(|p| p.resend())
         .fold(0u128, |set, pt| set | (1u128 << (*pt & 0x7f)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtx_history_is_three_round_trips_in_steps_between_half_a_second_and_two() {
+        let ms = |v| Some(Duration::from_millis(v));
+        assert_eq!(rtx_history(None), Duration::from_millis(500));
+        assert_eq!(rtx_history(ms(20)), Duration::from_millis(500));
+        assert_eq!(rtx_history(ms(170)), Duration::from_millis(750));
+        assert_eq!(rtx_history(ms(200)), Duration::from_millis(750));
+        assert_eq!(rtx_history(ms(251)), Duration::from_millis(1000));
+        assert_eq!(rtx_history(ms(5_000)), Duration::from_secs(2));
+    }
 }
