@@ -136,8 +136,8 @@ async fn run(
             .next_deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         // Re-arming tokio's timer wakes its driver through an eventfd write whenever the new
-        // deadline is earlier, so only re-arm when the deadline moves by the timer's
-        // resolution (1 ms).
+        // deadline is earlier. An earlier deadline must re-arm; a later one only when it moves
+        // by the timer's resolution (1 ms), since firing early just costs an empty pass.
         if armed.is_none_or(|a| deadline < a || deadline >= a + Duration::from_millis(1)) {
             sleep.as_mut().reset(deadline.into());
             armed = Some(deadline);

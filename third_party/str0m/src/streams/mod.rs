@@ -497,9 +497,12 @@ impl Streams {
                 continue;
             }
             let mid = stream.mid();
-            // Same invariant as in `handle_timeout`: a StreamTx always has its Media.
-            let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
-            stream.handle_timeout(now, get_media);
+            // A StreamTx always has its Media (`handle_timeout` relies on it); without one the
+            // next full timeout pass deals with the stream.
+            let Some(media) = medias.iter().find(|m| m.mid() == mid) else {
+                continue;
+            };
+            stream.handle_timeout(now, || (media, codecs));
         }
     }
 
