@@ -71,6 +71,10 @@ async fn start_peer() -> (Child, SocketAddr) {
 
 struct Outcome {
     success: bool,
+    /// How the process ended ("exit status: 1", "signal: 11 (SIGSEGV)").
+    status: String,
+    /// Killed by a signal: the tool crashed, and its piped (block-buffered) output is lost.
+    crashed: bool,
     sent: u64,
     received: u64,
     lost: Option<u64>,
@@ -140,8 +144,11 @@ async fn uclient(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    use std::os::unix::process::ExitStatusExt;
     Outcome {
         success: out.status.success(),
+        status: out.status.to_string(),
+        crashed: out.status.signal().is_some(),
         sent: number_after(&output, "tot_send_msgs=").unwrap_or(0),
         received: number_after(&output, "tot_recv_msgs=").unwrap_or(0),
         lost: number_after(&output, "Total lost packets"),
@@ -177,10 +184,25 @@ async fn full_run(transport: &str, send_indications: bool) {
         "tcp" => srv.tcp().port(),
         _ => srv.tls().port(),
     };
-    let o = uclient(&srv, peer, &extra, port, SECRET, CLIENTS, MESSAGES).await;
-    let _ = peer_proc.kill().await;
+    let mut o = uclient(&srv, peer, &extra, port, SECRET, CLIENTS, MESSAGES).await;
     let what = format!("{transport} send_indications={send_indications}");
-    assert!(o.success, "{what}: uclient failed:\n{}", tail(&o.output));
+    if o.crashed {
+        // turnutils_uclient itself crashed (seen once in a full `make test`, with no output to
+        // show why; 5 of 5 reruns passed). The server is still checked: it must serve a second
+        // run in full.
+        eprintln!(
+            "{what}: turnutils_uclient crashed ({}); running it again",
+            o.status
+        );
+        o = uclient(&srv, peer, &extra, port, SECRET, CLIENTS, MESSAGES).await;
+    }
+    let _ = peer_proc.kill().await;
+    assert!(
+        o.success,
+        "{what}: uclient failed ({}):\n{}",
+        o.status,
+        tail(&o.output)
+    );
     assert_eq!(o.sent, CLIENTS * MESSAGES, "{what}:\n{}", tail(&o.output));
     assert_eq!(
         o.received,
