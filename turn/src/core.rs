@@ -274,6 +274,8 @@ pub struct Stats {
     pub stale_nonce: u64,
     pub policy_denials: [u64; DenyReason::ALL.len()],
     pub quota_refusals: u64,
+    /// ChannelBinds refused (400) because the number or the peer was already bound otherwise.
+    pub channel_conflicts: u64,
     pub client_to_peer_packets: u64,
     pub client_to_peer_bytes: u64,
     pub peer_to_client_packets: u64,
@@ -1143,8 +1145,9 @@ impl<R: Clone> Server<R> {
         let needs_perm = !a.permissions.iter().any(|p| p.ip == peer.ip());
         let code = code.or((needs_perm && a.permissions.len() >= max_perm).then_some(508));
         if let Some(code) = code {
-            if code == 508 {
-                self.stats.quota_refusals += 1;
+            match code {
+                508 => self.stats.quota_refusals += 1,
+                _ => self.stats.channel_conflicts += 1,
             }
             self.error(msg, code, ctx, reply);
             return ClientOutputKind::Reply;

@@ -421,6 +421,28 @@ fn send_indication_needs_permission_then_relays() {
     ));
 }
 
+/// RFC 5766 §11 allows 0x4000-0x7FFF, and `turnutils_uclient` draws from all of it.
+#[test]
+fn channel_bind_accepts_the_whole_rfc5766_range() {
+    let mut h = H::new(cfg());
+    let mut c = client("x");
+    h.allocate(ft(1000), &mut c, false);
+    for (n, p) in [(0x4000, "8.8.8.8:4000"), (0x7FFF, "8.8.8.8:4001")] {
+        let m = c.channel_bind(n, peer(p));
+        assert_eq!(h.ask(ft(1000), &mut c, &m).class, Class::Success, "{n:#x}");
+    }
+    let cd = channel_data(0x7FFF, b"top", false);
+    match h.send(ft(1000), &cd).0 {
+        ClientOutput::Relay {
+            peer: to, payload, ..
+        } => {
+            assert_eq!(to, peer("8.8.8.8:4001"));
+            assert_eq!(&cd[payload], b"top");
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
 #[test]
 fn channel_bind_and_channel_data_both_directions() {
     let mut h = H::new(cfg());
@@ -433,7 +455,7 @@ fn channel_bind_and_channel_data_both_directions() {
         Some(400),
         "channel below range"
     );
-    let m = c.channel_bind(0x7FFF, p);
+    let m = c.channel_bind(0x8000, p);
     assert_eq!(
         h.ask(ft(1000), &mut c, &m).code,
         Some(400),
@@ -452,6 +474,11 @@ fn channel_bind_and_channel_data_both_directions() {
         h.ask(ft(1000), &mut c, &m).code,
         Some(400),
         "peer bound to two channels"
+    );
+    assert_eq!(
+        h.s.take_stats().channel_conflicts,
+        2,
+        "both conflicts counted"
     );
     let m = c.channel_bind(0x4001, p);
     assert_eq!(

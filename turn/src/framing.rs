@@ -7,11 +7,12 @@
 
 use crate::stun::{HEADER_LEN, MAGIC_COOKIE, pad4};
 
-/// Lowest and highest channel numbers a client may bind. RFC 8656 §12 narrowed the range to
-/// 0x4000–0x4FFF, but RFC 5766 clients (coturn's `turnutils_uclient` among them) still pick
-/// numbers up to 0x7FFE, and coturn accepts them; so do we. 0x7FFF stays reserved.
+/// Lowest and highest channel numbers a client may bind: RFC 5766 §11's 0x4000–0x7FFF. RFC 8656
+/// §12 narrowed the range to 0x4000–0x4FFF, but RFC 5766 clients (coturn's `turnutils_uclient`
+/// among them, which draws any number up to 0x7FFF) still use the whole range, and coturn
+/// accepts it; so do we.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x7FFE;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 /// ChannelData header size.
 pub const CHANNEL_HEADER_LEN: usize = 4;
 
@@ -132,7 +133,9 @@ mod tests {
             "junk past padding refused"
         );
         assert!(ChannelData::parse(&channel_header(0x4001, 9)).is_none());
-        assert!(ChannelData::parse(&channel_header(0x7FFF, 0)).is_none());
+        assert!(ChannelData::parse(&channel_header(0x3FFF, 0)).is_none());
+        assert!(ChannelData::parse(&channel_header(0x7FFF, 0)).is_some());
+        assert!(ChannelData::parse(&channel_header(0x8000, 0)).is_none());
         assert!(ChannelData::parse(&[0x40, 0x00]).is_none());
     }
 

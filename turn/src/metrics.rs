@@ -22,6 +22,7 @@ pub struct TurnMetrics {
     pub stale_nonce: IntCounter,
     pub policy_denials: IntCounterVec,
     pub quota_refusals: IntCounter,
+    pub channel_conflicts: IntCounter,
     pub dropped_packets: IntCounterVec,
     /// Datagrams the kernel refused to send (socket buffer full, unreachable).
     pub send_failures: IntCounter,
@@ -83,6 +84,11 @@ impl TurnMetrics {
             "moien_turn_quota_refusals_total",
             "Requests refused by a quota or capacity limit (486/508)",
         )?;
+        let channel_conflicts = IntCounter::new(
+            "moien_turn_channel_conflicts_total",
+            "ChannelBind requests refused (400) because the channel number or the peer was \
+             already bound to another",
+        )?;
         let dropped_packets = IntCounterVec::new(
             Opts::new(
                 "moien_turn_dropped_packets_total",
@@ -105,6 +111,7 @@ impl TurnMetrics {
         registry.register(Box::new(stale_nonce.clone()))?;
         registry.register(Box::new(policy_denials.clone()))?;
         registry.register(Box::new(quota_refusals.clone()))?;
+        registry.register(Box::new(channel_conflicts.clone()))?;
         registry.register(Box::new(dropped_packets.clone()))?;
         // Touch every label so series exist (at zero) from the start.
         for r in DenyReason::ALL {
@@ -128,6 +135,7 @@ impl TurnMetrics {
             stale_nonce,
             policy_denials,
             quota_refusals,
+            channel_conflicts,
             dropped_packets,
             send_failures,
             c2p_packets,
@@ -150,6 +158,7 @@ impl TurnMetrics {
         add(&self.unauthorized_suppressed, s.unauthorized_suppressed);
         add(&self.stale_nonce, s.stale_nonce);
         add(&self.quota_refusals, s.quota_refusals);
+        add(&self.channel_conflicts, s.channel_conflicts);
         add(&self.c2p_packets, s.client_to_peer_packets);
         add(&self.c2p_bytes, s.client_to_peer_bytes);
         add(&self.p2c_packets, s.peer_to_client_packets);
@@ -217,6 +226,7 @@ mod tests {
             "moien_turn_unauthorized_total",
             "moien_turn_policy_denials_total",
             "moien_turn_quota_refusals_total",
+            "moien_turn_channel_conflicts_total",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
