@@ -433,8 +433,10 @@ impl Drop for MediaNode {
     fn drop(&mut self) {
         for w in &mut self.workers {
             // Closing the command channel ends the worker loop.
-            let (tx, _) = tokio::sync::mpsc::channel(1);
-            drop(std::mem::replace(&mut w.commands, tx));
+            drop(std::mem::replace(
+                &mut w.commands,
+                worker::CommandSender::closed(),
+            ));
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {

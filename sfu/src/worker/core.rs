@@ -78,6 +78,16 @@ pub(crate) type Placement = Arc<DashMap<String, (usize, usize)>>;
 /// Most packets kept for retransmission per subscription (the time bound usually rules).
 const RTX_HISTORY_PACKETS: usize = 1024;
 
+/// Gives the send streams of `mids` a retransmission history of `history`.
+fn set_rtx_history(rtc: &mut str0m::Rtc, mids: impl IntoIterator<Item = Mid>, history: Duration) {
+    let mut api = rtc.direct_api();
+    for mid in mids {
+        if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+            tx.set_rtx_cache(RTX_HISTORY_PACKETS, history, RTX_RATIO_CAP);
+        }
+    }
+}
+
 /// How long a subscription keeps sent packets for retransmission, from the subscriber's
 /// round-trip time: three round trips (a NACK, its retransmission and one retry), at least
 /// 500 ms and at most 2 s, in 250 ms steps so that RTT noise does not rebuild the history.
@@ -817,15 +827,10 @@ impl WorkerCore {
                 }
                 session.rtx_pts = rtx_pts(&session.rtc);
                 let sub_ids: Vec<SubscriptionId> = session.send_subs.values().copied().collect();
-                let history = session.rtx_history;
-                let mut api = session.rtc.direct_api();
-                for sub in sub_ids.iter().filter_map(|id| self.subs.get(id)) {
-                    if let (false, Some(mid)) = (sub.negotiated, sub.mid)
-                        && let Some(tx) = api.stream_tx_by_mid(mid, None)
-                    {
-                        tx.set_rtx_cache(RTX_HISTORY_PACKETS, history, RTX_RATIO_CAP);
-                    }
-                }
+                let fresh = (sub_ids.iter().filter_map(|id| self.subs.get(id)))
+                    .filter(|sub| !sub.negotiated)
+                    .filter_map(|sub| sub.mid);
+                set_rtx_history(&mut session.rtc, fresh, session.rtx_history);
                 for sub_id in sub_ids {
                     if let Some(sub) = self.subs.get_mut(&sub_id)
                         && !sub.negotiated
@@ -1462,12 +1467,7 @@ impl WorkerCore {
             .filter(|(_, id)| self.subs.get(id).is_some_and(|s| s.negotiated))
             .map(|(mid, _)| *mid)
             .collect();
-        let mut api = session.rtc.direct_api();
-        for mid in mids {
-            if let Some(tx) = api.stream_tx_by_mid(mid, None) {
-                tx.set_rtx_cache(RTX_HISTORY_PACKETS, history, RTX_RATIO_CAP);
-            }
-        }
+        set_rtx_history(&mut session.rtc, mids, history);
     }
 
     fn handle_event(&mut self, now: Instant, session_id: SessionId, event: Event) {

@@ -1,7 +1,7 @@
 //! Media worker threads: the thin I/O shell around [`core::WorkerCore`].
 //!
-//! Each worker is an OS thread running a single-threaded Tokio runtime that owns one UDP socket,
-//! the rooms placed on it and their sessions. It waits for a datagram batch, a command or the
+//! Each worker is an OS thread with its own `epoll` loop that owns one UDP socket, the rooms
+//! placed on it and their sessions. It waits for a datagram batch, a command or the
 //! next deadline, hands it to the core, and sends what the core produced. A room lives on one
 //! worker, so forwarding inside a room takes no lock.
 
@@ -13,11 +13,14 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{error, warn};
 
 use self::core::{Command, Placement, WorkerCore};
@@ -32,6 +35,10 @@ const RECV_BUF: usize = 64 * 1024;
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Commands queued to a worker before senders wait.
 const COMMAND_QUEUE: usize = 1024;
+/// How long an empty worker sleeps when nothing is due.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+const SOCKET: Token = Token(0);
+const WAKE: Token = Token(1);
 
 /// The node's handle on one worker.
 pub(crate) struct WorkerHandle {
@@ -39,7 +46,7 @@ pub(crate) struct WorkerHandle {
     pub local: SocketAddr,
     /// What candidates advertise (public IPs, same port).
     pub advertised: Vec<SocketAddr>,
-    pub commands: mpsc::Sender<Command>,
+    pub commands: CommandSender,
     pub stats: Arc<Mutex<WorkerSnapshot>>,
     pub thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,94 +83,143 @@ pub(crate) fn spawn(
     socket: StdUdpSocket,
     advertised: Vec<SocketAddr>,
     placement: Placement,
-    node_events: mpsc::Sender<crate::api::NodeEvent>,
+    node_events: tokio::sync::mpsc::Sender<crate::api::NodeEvent>,
 ) -> io::Result<WorkerHandle> {
     let local = socket.local_addr()?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let stats = Arc::new(Mutex::new(WorkerSnapshot::default()));
     let shared = stats.clone();
     let adv = advertised.clone();
+    // The worker holds the waker too: closing its eventfd would take a wake-up not yet
+    // collected out of epoll's ready list, such as the one announcing that the queue closed.
+    let own_waker = waker.clone();
     let thread = std::thread::Builder::new()
         .name(format!("moien-media-{index}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!("media worker {index}: runtime: {e}");
-                    return;
-                }
-            };
+            let _waker = own_waker;
             let core = WorkerCore::new(index, config, adv, placement, Some(node_events));
-            // Run as a task, not as block_on's own future: waking block_on's future writes to
-            // the runtime's eventfd (and costs one more epoll round) on every socket wake-up,
-            // while a task woken on its own thread is only queued.
-            let result = rt.block_on(async { tokio::spawn(run(core, socket, rx, shared)).await });
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error!("media worker {index} stopped: {e}"),
-                Err(e) => error!("media worker {index} failed: {e}"),
+            if let Err(e) = run(core, socket, poll, rx, shared) {
+                error!("media worker {index} stopped: {e}");
             }
         })?;
     Ok(WorkerHandle {
         local,
         advertised,
-        commands: tx,
+        commands: CommandSender {
+            tx,
+            waker: Some(waker),
+        },
         stats,
         thread: Some(thread),
     })
 }
 
-async fn run(
+/// The sending side of a worker's command queue: each command also wakes the worker's poll.
+pub(crate) struct CommandSender {
+    tx: mpsc::Sender<Command>,
+    waker: Option<Arc<Waker>>,
+}
+
+impl CommandSender {
+    pub async fn send(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        self.tx.send(cmd).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// A sender whose worker is gone: every send fails.
+    pub fn closed() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        CommandSender { tx, waker: None }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker
+            && let Err(e) = w.wake()
+        {
+            warn!("media worker wake-up: {e}");
+        }
+    }
+}
+
+impl Drop for CommandSender {
+    /// The worker learns that its queue closed on its next wake-up: close it, then wake it.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        self.wake();
+    }
+}
+
+/// The worker's event loop: one `epoll_wait` for the socket, the command queue's waker and the
+/// core's next deadline. A plain loop rather than an async runtime: Tokio's timer wrote to the
+/// runtime's eventfd whenever the deadline moved earlier (hundreds of times a second, each
+/// costing a spurious wake-up), and the worker has nothing else to run.
+fn run(
     mut core: WorkerCore,
     socket: StdUdpSocket,
+    mut poll: Poll,
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Mutex<WorkerSnapshot>>,
 ) -> io::Result<()> {
     let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-    let socket = UdpSocket::from_std(socket)?;
+    let fd = socket.as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
+    let mut events = Events::with_capacity(4);
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; RECV_BUF]).collect();
     let mut metas = vec![RecvMeta::default(); RECV_BATCH];
     let mut next_snapshot = Instant::now();
     let mut sender = send::Sender::default();
-    let sleep = tokio::time::sleep(Duration::from_secs(1));
-    tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
+    // The socket is edge-triggered: after a wake-up it is read until it would block, and this
+    // stays set while a read stopped early (to let commands and timers in).
+    let mut readable = true;
     loop {
-        let deadline = core
-            .next_deadline()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        // Re-arming tokio's timer wakes its driver through an eventfd write whenever the new
-        // deadline is earlier. An earlier deadline must re-arm; a later one only when it moves
-        // by the timer's resolution (1 ms), since firing early just costs an empty pass.
-        if armed.is_none_or(|a| deadline < a || deadline >= a + Duration::from_millis(1)) {
-            sleep.as_mut().reset(deadline.into());
-            armed = Some(deadline);
+        let timeout = if readable {
+            Duration::ZERO
+        } else {
+            core.next_deadline()
+                .map_or(IDLE_WAIT, |d| d.saturating_duration_since(Instant::now()))
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
-        let woke: Instant;
-        tokio::select! {
-            biased;
-            cmd = commands.recv() => {
-                woke = Instant::now();
-                let Some(cmd) = cmd else { break };
-                core.handle_command(Instant::now(), cmd);
-                // Take whatever else is queued without going back to the reactor.
-                while let Ok(cmd) = commands.try_recv() {
-                    core.handle_command(Instant::now(), cmd);
+        let woke = Instant::now();
+        let mut wake = false;
+        for event in events.iter() {
+            match event.token() {
+                SOCKET => readable = true,
+                WAKE => wake = true,
+                _ => {}
+            }
+        }
+        if wake {
+            loop {
+                match commands.try_recv() {
+                    Ok(cmd) => core.handle_command(Instant::now(), cmd),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
                 }
             }
-            r = socket.readable() => {
-                woke = Instant::now();
-                r?;
-                receive_batch(&mut core, &socket, &state, &mut bufs, &mut metas, &mut sender);
-            }
-            _ = &mut sleep => {
-                woke = Instant::now();
-                armed = None;
-                core.handle_timeout(Instant::now());
-            }
+        }
+        if readable {
+            readable = receive_batch(
+                &mut core,
+                &socket,
+                &state,
+                &mut bufs,
+                &mut metas,
+                &mut sender,
+            );
+        }
+        let now = Instant::now();
+        if core.next_deadline().is_some_and(|d| d <= now) {
+            core.handle_timeout(now);
         }
         send_all(&mut core, &socket, &state, &mut sender);
         let now = Instant::now();
@@ -176,30 +232,30 @@ async fn run(
             }
         }
     }
-    Ok(())
 }
 
+/// Reads datagram batches into the core; returns whether the socket may hold more (the read
+/// stopped at its per-wake-up budget rather than at an empty socket).
 fn receive_batch(
     core: &mut WorkerCore,
-    socket: &UdpSocket,
+    socket: &StdUdpSocket,
     state: &UdpSocketState,
     bufs: &mut [Vec<u8>],
     metas: &mut [RecvMeta],
     sender: &mut send::Sender,
-) {
+) -> bool {
     // A few batches per wake-up keep latency low without starving commands and timers.
     for _ in 0..4 {
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let res = socket.try_io(Interest::READABLE, || {
-            state.recv(UdpSockRef::from(socket), &mut slices, metas)
-        });
-        let n = match res {
+        let n = match state.recv(UdpSockRef::from(socket), &mut slices, metas) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                // ICMP errors surface here (e.g. a peer's port closed); not fatal.
+                // ICMP errors surface here (e.g. a peer's port closed); not fatal, and the
+                // socket may hold more.
                 warn!("media recv: {e}");
-                return;
+                return true;
             }
         };
         let now = Instant::now();
@@ -212,18 +268,21 @@ fn receive_batch(
         }
         // Keep the send side moving during long receive runs.
         send_all(core, socket, state, sender);
+        // A short batch emptied the socket. Anything arriving later raises a new edge (the
+        // kernel signals every datagram queued), so the read that would only say "empty" is
+        // skipped: one system call less per wake-up.
         if n < bufs.len() {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Sends everything the core produced. UDP sends do not block in practice; a full buffer drops
-/// the datagram like the network would, and congestion control reacts. Straight to the
-/// non-blocking socket: tokio's write readiness is not needed here.
+/// the datagram like the network would, and congestion control reacts.
 fn send_all(
     core: &mut WorkerCore,
-    socket: &UdpSocket,
+    socket: &StdUdpSocket,
     state: &UdpSocketState,
     sender: &mut send::Sender,
 ) {

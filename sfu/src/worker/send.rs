@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd;
 
 use quinn_udp::{UdpSockRef, UdpSocketState};
 use socket2::SockAddr;
+use std::net::UdpSocket;
 use str0m::net::Transmit;
-use tokio::net::UdpSocket;
 
 /// Most datagrams handed to one `sendmmsg` call.
 const MMSG_BATCH: usize = 64;

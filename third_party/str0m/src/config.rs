@@ -42,6 +42,8 @@ pub struct RtcConfig {
     pub(crate) codec_config: CodecConfig,
     pub(crate) exts: ExtensionMap,
     pub(crate) stats_interval: Option<Duration>,
+    /// Moien patch: see [`RtcConfig::set_timer_granularity`].
+    pub(crate) timer_granularity: Option<Duration>,
     pub(crate) intervals: RtcpReportIntervals,
     pub(crate) bwe_config: Option<BweConfig>,
     pub(crate) reordering_size_audio: usize,
@@ -403,6 +405,25 @@ impl RtcConfig {
     pub fn set_extension(mut self, id: u8, ext: Extension) -> Self {
         self.exts.set(id, ext);
         self
+    }
+
+    /// Rounds the deadlines of periodic housekeeping up to a process-wide grid (a Moien patch).
+    ///
+    /// Receiver/sender reports, TWCC feedback, NACK checks, pause checks, the delay-based
+    /// estimator's update and stats gathering only need to happen roughly on time. Rounded to a
+    /// shared grid, the housekeeping of many `Rtc` instances driven by one thread falls due
+    /// together, and the thread wakes once per grid step instead of once per instance and
+    /// timer. Pacing, DTLS, ICE and keyframe requests keep their exact deadlines.
+    ///
+    /// `None` (the default) keeps every deadline exact.
+    pub fn set_timer_granularity(mut self, granularity: Option<Duration>) -> Self {
+        self.timer_granularity = granularity.filter(|g| !g.is_zero());
+        self
+    }
+
+    /// Returns the configured timer granularity.
+    pub fn timer_granularity(&self) -> Option<Duration> {
+        self.timer_granularity
     }
 
     /// Set the interval between statistics events.
@@ -891,6 +912,7 @@ impl Default for RtcConfig {
             codec_config: CodecConfig::new_with_defaults(),
             exts: ExtensionMap::standard(),
             stats_interval: None,
+            timer_granularity: None,
             intervals: RtcpReportIntervals {
                 audio: Duration::from_secs(5),
                 video: Duration::from_secs(1),

@@ -1961,7 +1961,11 @@ impl Rtc {
     // Called only after the output pipeline has drained.
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
-            let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
+            // Moien patch: stats gathering is rounded to the timer grid.
+            let stats_timeout = crate::util::coarse(
+                self.stats.as_mut().and_then(|s| s.poll_timeout()),
+                self.session.timer_granularity,
+            );
             let time_and_reason = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
                 .soonest((self.ice.poll_timeout(), Reason::Ice))

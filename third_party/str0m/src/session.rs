@@ -39,7 +39,7 @@ use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
 use crate::streams::{RtpPacket, StreamTimeoutConfig, Streams};
-use crate::util::{Soonest, SystemTimeExt, already_happened, not_happening};
+use crate::util::{Soonest, SystemTimeExt, already_happened, coarse, not_happening};
 use crate::{Reason, net};
 use crate::{RtcConfig, RtcError};
 
@@ -73,6 +73,8 @@ pub(crate) struct Session {
     reordering_size_audio: usize,
     reordering_size_video: usize,
     reordering_timeout_audio: Option<Duration>,
+    /// Moien patch: see `RtcConfig::set_timer_granularity`.
+    pub(crate) timer_granularity: Option<Duration>,
     intervals: RtcpReportIntervals,
     pub send_buffer_audio: usize,
     pub send_buffer_video: usize,
@@ -184,6 +186,7 @@ impl Session {
             reordering_size_audio: config.reordering_size_audio,
             reordering_size_video: config.reordering_size_video,
             reordering_timeout_audio: config.reordering_timeout_audio,
+            timer_granularity: config.timer_granularity,
             intervals: config.intervals,
             send_buffer_audio: config.send_buffer_audio,
             send_buffer_video: config.send_buffer_video,
@@ -1332,9 +1335,11 @@ impl Session {
         }
 
         self.update_receive_recovery();
-        let feedback_at = self.regular_feedback_at();
-        let nack_at = self.nack_at();
-        let twcc_at = self.twcc_at();
+        // Moien patch: periodic housekeeping is rounded to the shared timer grid.
+        let grid = self.timer_granularity;
+        let feedback_at = coarse(self.regular_feedback_at(), grid);
+        let nack_at = coarse(self.nack_at(), grid);
+        let twcc_at = coarse(self.twcc_at(), grid);
         let pacing_at = self.pacer.poll_timeout();
         let packetize_at = self.medias.iter().filter_map(|m| m.poll_timeout()).min();
         let receive_at = self
@@ -1342,7 +1347,7 @@ impl Session {
             .iter_mut()
             .filter_map(|media| media.poll_receive_timeout(self.reordering_timeout_audio))
             .min();
-        let paused_at = self.paused_at();
+        let paused_at = coarse(self.paused_at(), grid);
         let send_stream_at = self.streams.send_stream();
         let request_at = self.streams.pending_request();
 
@@ -1350,7 +1355,7 @@ impl Session {
         let bwe_at = self
             .bwe
             .as_ref()
-            .map(|bwe| bwe.poll_timeout())
+            .map(|bwe| bwe.poll_timeout(grid))
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
 

@@ -105,8 +105,8 @@ impl Bwe {
         self.smoother.poll()
     }
 
-    pub fn poll_timeout(&self) -> (Option<Instant>, Reason) {
-        self.bwe.poll_timeout()
+    pub fn poll_timeout(&self, grid: Option<Duration>) -> (Option<Instant>, Reason) {
+        self.bwe.poll_timeout(grid)
     }
 
     pub fn last_estimate(&self) -> Option<Bitrate> {
@@ -286,8 +286,10 @@ impl SendSideBandwidthEstimator {
         self.propagate_estimate();
     }
 
-    pub fn poll_timeout(&self) -> (Option<Instant>, Reason) {
-        let delay_timeout = Some(self.delay_controller.poll_timeout());
+    /// `grid`: Moien patch, the delay controller's periodic update is rounded to the timer
+    /// grid (`RtcConfig::set_timer_granularity`); probing keeps its exact timing.
+    pub fn poll_timeout(&self, grid: Option<Duration>) -> (Option<Instant>, Reason) {
+        let delay_timeout = crate::util::coarse(Some(self.delay_controller.poll_timeout()), grid);
         let probe_timeout = Some(self.probe_control.poll_timeout());
         let probe_estimator_timeout = Some(self.probe_estimator.poll_timeout());
         (delay_timeout, Reason::BweDelayControl)

@@ -11,6 +11,24 @@ pub(crate) use time_tricks::{InstantExt, SystemTimeExt, not_happening};
 pub(crate) use time_tricks::{already_happened, epoch_to_beginning};
 
 mod average;
+
+/// Moien patch: rounds `t` up to the next multiple of `granularity` since a process-wide epoch,
+/// so that deadlines rounded by every `Rtc` in the process meet (see
+/// `RtcConfig::set_timer_granularity`).
+pub(crate) fn coarse(t: Option<Instant>, granularity: Option<Duration>) -> Option<Instant> {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let (Some(t), Some(g)) = (t, granularity) else {
+        return t;
+    };
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let Some(since) = t.checked_duration_since(epoch) else {
+        return Some(t);
+    };
+    let g_nanos = g.as_nanos().max(1);
+    let steps = since.as_nanos().div_ceil(g_nanos);
+    let rounded = u64::try_from(steps * g_nanos).unwrap_or(u64::MAX);
+    Some(epoch + Duration::from_nanos(rounded))
+}
 pub(crate) use average::MovingAverage;
 
 pub(crate) trait Soonest {
