@@ -246,3 +246,21 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use str0m::media::{Mid, Rid};
+
+    /// str0m patch 6 (ids built without a `String`) keeps upstream's rules: one byte per char,
+    /// ASCII alphanumerics kept, anything else '_', cut at the id's length.
+    #[test]
+    fn ids_from_header_strings_keep_upstreams_rules() {
+        assert_eq!(&*Mid::from("0"), "0");
+        assert_eq!(&*Mid::from("video-1"), "video_1");
+        assert_eq!(&*Mid::from("é1"), "_1");
+        assert_eq!(&*Mid::from("abcdefghijklmnopqrst"), "abcdefghijklmnop");
+        assert_eq!(&*Rid::from("q"), "q");
+        assert_eq!(&*Rid::from("h i"), "h_i");
+        assert_eq!(&*Rid::from(""), "");
+    }
+}

@@ -20,6 +20,16 @@ pub(crate) struct Sender {
     order: Vec<usize>,
     gso_buf: Vec<u8>,
     singles: Vec<usize>,
+    mmsg: Mmsg,
+}
+
+/// The `sendmmsg` call's arrays. The headers point into `addrs` and `iovs`, so all three are
+/// refilled together before each call and never read after it.
+#[derive(Default)]
+struct Mmsg {
+    addrs: Vec<SockAddr>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
 }
 
 /// What one batch cost and lost.
@@ -86,7 +96,7 @@ impl Sender {
             self.singles.extend(0..transmits.len());
         }
         for chunk in self.singles.chunks(MMSG_BATCH) {
-            let (calls, errors) = send_mmsg(socket, transmits, chunk);
+            let (calls, errors) = self.mmsg.send(socket, transmits, chunk);
             out.syscalls += calls;
             out.errors += errors;
         }
@@ -94,59 +104,61 @@ impl Sender {
     }
 }
 
-/// One `sendmmsg` for the datagrams `idx` of `transmits` (retrying the rest after a partial
-/// send); a full socket buffer drops what is left, like a congested link would.
-fn send_mmsg(socket: &UdpSocket, transmits: &[Transmit], idx: &[usize]) -> (u64, u64) {
-    let addrs: Vec<SockAddr> = idx
-        .iter()
-        .map(|&i| SockAddr::from(transmits[i].destination))
-        .collect();
-    let mut iovs: Vec<libc::iovec> = idx
-        .iter()
-        .map(|&i| libc::iovec {
+impl Mmsg {
+    /// One `sendmmsg` for the datagrams `idx` of `transmits` (retrying the rest after a partial
+    /// send); a full socket buffer drops what is left, like a congested link would.
+    fn send(&mut self, socket: &UdpSocket, transmits: &[Transmit], idx: &[usize]) -> (u64, u64) {
+        self.addrs.clear();
+        self.iovs.clear();
+        self.msgs.clear();
+        self.addrs.extend(
+            idx.iter()
+                .map(|&i| SockAddr::from(transmits[i].destination)),
+        );
+        self.iovs.extend(idx.iter().map(|&i| libc::iovec {
             iov_base: transmits[i].contents.as_ptr() as *mut libc::c_void,
             iov_len: transmits[i].contents.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = (0..idx.len())
-        .map(|k| {
+        }));
+        // Filled after `addrs` and `iovs`, which do not move again until the next call.
+        for (addr, iov) in self.addrs.iter().zip(self.iovs.iter_mut()) {
             // SAFETY: an all-zero msghdr is valid; the pointers set below stay alive (addrs,
             // iovs) until sendmmsg returns.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = addrs[k].as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = addrs[k].len();
-            h.msg_hdr.msg_iov = &mut iovs[k];
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
-    let fd = socket.as_raw_fd();
-    let mut sent = 0usize;
-    let mut calls = 0u64;
-    let mut errors = 0u64;
-    while sent < msgs.len() {
-        calls += 1;
-        // SAFETY: msgs[sent..] point at live iovecs and addresses; the count matches.
-        let n = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[sent..].as_mut_ptr(),
-                (msgs.len() - sent) as libc::c_uint,
-                0,
-            )
-        };
-        if n <= 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
+            self.msgs.push(h);
+        }
+        let msgs = &mut self.msgs;
+        let fd = socket.as_raw_fd();
+        let mut sent = 0usize;
+        let mut calls = 0u64;
+        let mut errors = 0u64;
+        while sent < msgs.len() {
+            calls += 1;
+            // SAFETY: msgs[sent..] point at live iovecs and addresses; the count matches.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    msgs[sent..].as_mut_ptr(),
+                    (msgs.len() - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n <= 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // WouldBlock (buffer full) or a per-destination error (ICMP unreachable
+                // reported on this socket): skip the head datagram and go on with the rest.
+                sent += 1;
+                errors += 1;
                 continue;
             }
-            // WouldBlock (buffer full) or a per-destination error (ICMP unreachable reported
-            // on this socket): skip the head datagram and go on with the rest.
-            sent += 1;
-            errors += 1;
-            continue;
+            sent += n as usize;
         }
-        sent += n as usize;
+        (calls, errors)
     }
-    (calls, errors)
 }

@@ -48,21 +48,20 @@ macro_rules! str_id {
         }
 
         impl<'a> From<&'a str> for $id {
+            // Moien patch: written straight into the array. Every received packet carrying a
+            // MID or RID header extension comes through here, and the `String` it used to
+            // collect into was one heap allocation per packet. Same result: each char becomes
+            // one byte (itself if ASCII alphanumeric, else '_'), cut at the length, padded
+            // with spaces.
             fn from(v: &'a str) -> Self {
-                let v = v
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect::<String>();
-
-                let bytes = v.as_bytes();
-                let bytes = &bytes[0..$num.min(bytes.len())];
-
-                // pad with space.
                 let mut array = [b' '; $num];
-
-                let max = bytes.len().min(array.len());
-                (&mut array[0..max]).copy_from_slice(bytes);
-
+                for (slot, c) in array.iter_mut().zip(v.chars()) {
+                    *slot = if c.is_ascii_alphanumeric() {
+                        c as u8
+                    } else {
+                        b'_'
+                    };
+                }
                 $id(array)
             }
         }
