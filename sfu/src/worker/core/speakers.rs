@@ -20,11 +20,20 @@ impl WorkerCore {
     }
 
     pub(super) fn speaker_housekeeping(&mut self, now: Instant) {
-        for (t, pid, dbov) in std::mem::take(&mut self.levels) {
-            let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else {
+        // One sample per forwarded audio packet: drained in place (the buffer keeps its
+        // capacity) and the room's name cloned only for a room's first detector.
+        for (t, pid, dbov) in self.levels.drain(..) {
+            let Some(room) = self.participants.get(&pid).map(|p| &p.room) else {
                 continue;
             };
-            self.speakers.entry(room).or_default().observe(t, pid, dbov);
+            match self.speakers.get_mut(room) {
+                Some(detector) => detector.observe(t, pid, dbov),
+                None => self
+                    .speakers
+                    .entry(room.clone())
+                    .or_default()
+                    .observe(t, pid, dbov),
+            }
         }
         let mut announce = Vec::new();
         for (room, detector) in self.speakers.iter_mut() {
