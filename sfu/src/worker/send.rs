@@ -162,3 +162,118 @@ impl Mmsg {
         (calls, errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use str0m::net::Protocol;
+
+    use super::*;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts this thread's allocations (the other tests' threads count on their own).
+    struct Counting;
+
+    fn count() {
+        // `try_with`: the allocator also runs while thread-locals are torn down.
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: every call is passed straight to the system allocator.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract, unchanged.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract, unchanged.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract, unchanged.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract, unchanged.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    fn receiver() -> (UdpSocket, SocketAddr) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
+    }
+
+    fn transmit(from: SocketAddr, to: SocketAddr, payload: Vec<u8>) -> Transmit {
+        Transmit {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+            contents: payload.into(),
+        }
+    }
+
+    /// A batch as the worker sends it: a video frame's equal-size packets to one subscriber
+    /// (one GSO send where the kernel offers it) and single packets to others (`sendmmsg`).
+    /// Every datagram arrives whole, and once the reused buffers have grown, a batch of the
+    /// same shape allocates nothing.
+    #[test]
+    fn a_batch_arrives_whole_and_a_repeated_one_allocates_nothing() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = socket.local_addr().unwrap();
+        let state = UdpSocketState::new(UdpSockRef::from(&socket)).unwrap();
+        let (frame_rx, frame_to) = receiver();
+        let (a_rx, a_to) = receiver();
+        let (b_rx, b_to) = receiver();
+        let batch = |round: u8| -> Vec<Transmit> {
+            let mut t: Vec<Transmit> = (0..4u8)
+                .map(|i| transmit(from, frame_to, vec![round ^ i; 1_000]))
+                .collect();
+            t.push(transmit(from, a_to, vec![round; 160]));
+            t.push(transmit(from, b_to, vec![round; 170]));
+            t.push(transmit(from, a_to, vec![round; 300]));
+            t
+        };
+        let mut sender = Sender::default();
+        let mut buf = [0u8; 2_048];
+        for round in 0..3u8 {
+            let transmits = batch(round);
+            let before = allocations();
+            let out = sender.send(&socket, &state, &transmits);
+            let made = allocations() - before;
+            assert_eq!(out.errors, 0);
+            if round > 0 {
+                assert_eq!(made, 0, "round {round}: the send allocated {made} times");
+            }
+            for i in 0..4u8 {
+                let n = frame_rx.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &vec![round ^ i; 1_000][..], "frame packet {i}");
+            }
+            let n = a_rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &vec![round; 160][..]);
+            let n = a_rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &vec![round; 300][..]);
+            let n = b_rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &vec![round; 170][..]);
+        }
+    }
+}
