@@ -84,6 +84,10 @@ pub struct ClientConfig {
     /// connection, at random: network loss on the last mile, for tests and the probe's drills.
     /// Connectivity checks and DTLS are spared.
     pub downlink_loss: f64,
+    /// Record the send time of every audio payload here, and look up the send time of every
+    /// received one (`ReceivedPacket::sent_at_us` for audio): load measurement, where all
+    /// participants share one process.
+    pub audio_send_times: Option<Arc<media::AudioSendTimes>>,
 }
 
 /// What a receiver saw of one RTP packet, handed to a [`PacketObserver`].
@@ -99,7 +103,8 @@ pub struct ReceivedPacket<'a> {
     pub marker: bool,
     /// When the datagram was handed to the client's peer connection.
     pub arrival: Instant,
-    /// Video: the sender's wall clock when it wrote the frame (microseconds since the epoch).
+    /// The sender's wall clock when it wrote the packet (microseconds since the epoch). Video
+    /// carries it in the payload; audio has it when `ClientConfig::audio_send_times` is set.
     pub sent_at_us: Option<u64>,
     /// Video: first packet of a keyframe.
     pub keyframe_start: bool,
@@ -148,6 +153,7 @@ impl ClientConfig {
             red: false,
             relay: None,
             downlink_loss: 0.0,
+            audio_send_times: None,
         }
     }
 }
@@ -1393,11 +1399,19 @@ impl Driver {
             }
             None => (pt, packet),
         };
+        let sent = self
+            .config
+            .audio_send_times
+            .as_ref()
+            .map(|t| (t.clone(), hash(&payload)));
         let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, payload).ext_vals(ext);
         track.seq += 1;
         track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
         let mid = track.mid;
         if p.write(mid, write) {
+            if let Some((times, h)) = sent {
+                times.record(h, media::unix_micros());
+            }
             self.with_report(|r| {
                 r.sent_audio += 1;
                 if r.sent_hashes.len() < MAX_HASHES {
@@ -1439,12 +1453,16 @@ impl Driver {
             voice_activity: Some(frame.voice),
             ..Default::default()
         };
+        let times = self.config.audio_send_times.clone();
         let write = RtpWrite::new(pt, track.seq.into(), ts, now, packet)
             .marker(frame.marker)
             .ext_vals(ext);
         track.seq += 1;
         let mid = track.mid;
         if p.write(mid, write) {
+            if let Some(times) = times {
+                times.record(h, media::unix_micros());
+            }
             let verify = self.config.verify;
             self.with_report(|r| {
                 r.sent_audio += 1;
@@ -1722,6 +1740,13 @@ impl Driver {
             let parsed = (info.kind == TrackKind::Video)
                 .then(|| media::parse_vp8(&pkt.payload))
                 .flatten();
+            let sent_at_us = match (&parsed, &self.config.audio_send_times) {
+                (Some(c), _) => Some(c.sent_at_us),
+                (None, Some(times)) if info.kind == TrackKind::Audio => {
+                    times.lookup(hash(&pkt.payload))
+                }
+                _ => None,
+            };
             obs.0(&ReceivedPacket {
                 track_sid: &info.track_sid,
                 participant_sid: &info.participant_sid,
@@ -1731,7 +1756,7 @@ impl Driver {
                 payload_len: pkt.payload.len(),
                 marker,
                 arrival: pkt.timestamp,
-                sent_at_us: parsed.map(|c| c.sent_at_us),
+                sent_at_us,
                 keyframe_start: parsed.is_some_and(|c| c.keyframe_start),
                 audio_level: pkt.header.ext_vals.audio_level,
                 payload: &pkt.payload,

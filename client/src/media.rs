@@ -187,6 +187,44 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// When audio payloads left their senders, for the receivers in the same process to look up.
+/// An Opus packet has no room for a timestamp (its bytes are the codec's, and an SFU must pass
+/// them untouched), so a receiver finds a payload's send time by the payload's hash: one
+/// machine, one clock. A fixed table whose slots are overwritten in turn bounds the memory; a
+/// payload whose slot was taken since finds nothing. When two senders send the same bytes, the
+/// later send time wins, which can only understate that one packet's latency.
+#[derive(Debug)]
+pub struct AudioSendTimes {
+    slots: Box<[std::sync::Mutex<(u64, u64)>]>,
+}
+
+impl Default for AudioSendTimes {
+    fn default() -> Self {
+        // 2^16 slots: 40 s of 1,600 audio packets per second, far past any forwarding delay.
+        AudioSendTimes {
+            slots: (0..1 << 16)
+                .map(|_| std::sync::Mutex::new((0, 0)))
+                .collect(),
+        }
+    }
+}
+
+impl AudioSendTimes {
+    fn slot(&self, hash: u64) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        let i = (hash as usize) & (self.slots.len() - 1);
+        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, hash: u64, sent_at_us: u64) {
+        *self.slot(hash) = (hash, sent_at_us);
+    }
+
+    pub fn lookup(&self, hash: u64) -> Option<u64> {
+        let (h, at) = *self.slot(hash);
+        (h == hash && at != 0).then_some(at)
+    }
+}
+
 /// Deterministic filler: the receiver regenerates it to prove the bytes arrived intact.
 fn fill_bytes(out: &mut Vec<u8>, seed: u32, frame: u32, idx: u16, n: usize) {
     let mut x: u64 =
@@ -429,6 +467,25 @@ impl OpusSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_send_times_find_a_payload_until_its_slot_is_taken() {
+        let t = AudioSendTimes::default();
+        assert_eq!(t.lookup(7), None, "nothing recorded");
+        t.record(7, 1_000);
+        assert_eq!(t.lookup(7), Some(1_000));
+        t.record(7, 1_500);
+        assert_eq!(
+            t.lookup(7),
+            Some(1_500),
+            "the same bytes sent again: the later time"
+        );
+        // Another payload in the same slot replaces it; neither is confused with the other.
+        let other = 7 + (1 << 16);
+        t.record(other, 2_000);
+        assert_eq!(t.lookup(7), None);
+        assert_eq!(t.lookup(other), Some(2_000));
+    }
 
     #[test]
     fn synthetic_vp8_round_trips_and_detects_tampering() {

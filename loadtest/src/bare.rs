@@ -512,8 +512,7 @@ async fn participant(socket: UdpSocket, id: u32, m: Member, recorder: Option<Arc
                     rtp_time: h.rtp_time,
                     bytes: len + 12,
                     arrival,
-                    // Audio carries the send time too here; only video counts, as with WebRTC.
-                    sent_at_us: if kind == Kind::Video { sent } else { None },
+                    sent_at_us: sent,
                     now_us: unix_micros(),
                 });
             }

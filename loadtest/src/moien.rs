@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use moien_client::media::AudioSendTimes;
 use moien_client::{Client, ClientConfig, PacketObserver, ReceivedPacket};
 use moien_protocol::TrackKind;
 use moien_signaling::auth::{self, Claims, Grants};
@@ -199,7 +200,14 @@ pub fn client_config(
     c.verify = false;
     c.pace_publisher = pace;
     c.on_packet = recorder.map(observer);
+    c.audio_send_times = Some(audio_send_times());
     c
+}
+
+/// The one table of audio send times all simulated participants of this process share.
+fn audio_send_times() -> Arc<AudioSendTimes> {
+    static TIMES: std::sync::OnceLock<Arc<AudioSendTimes>> = std::sync::OnceLock::new();
+    TIMES.get_or_init(Default::default).clone()
 }
 
 /// Feeds a recorder from the client's packets.

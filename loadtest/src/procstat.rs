@@ -10,6 +10,10 @@ pub struct ProcSample {
     /// User + system CPU seconds since the process started (all threads).
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// The anonymous part of `rss_bytes` (heap, stacks): what participants make a server
+    /// allocate. The rest is file-backed, mostly the server's own code paged in the first time
+    /// a path runs, which no participant adds to.
+    pub anon_bytes: u64,
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat`.
@@ -30,9 +34,12 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// VmRSS in bytes from the text of `/proc/<pid>/status`.
-pub fn parse_status_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// One `kB` field (such as `VmRSS:` or `RssAnon:`) in bytes from the text of
+/// `/proc/<pid>/status`.
+pub fn parse_status_field(status: &str, field: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -44,7 +51,8 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample {
         at,
         cpu_seconds: parse_stat_ticks(&stat)? as f64 / ticks_per_second(),
-        rss_bytes: parse_status_rss(&status)?,
+        rss_bytes: parse_status_field(&status, "VmRSS")?,
+        anon_bytes: parse_status_field(&status, "RssAnon")?,
     })
 }
 
@@ -62,15 +70,18 @@ mod tests {
 
     #[test]
     fn parses_rss() {
-        let status = "Name:\tmoien\nVmPeak:\t  10 kB\nVmRSS:\t   2048 kB\nThreads:\t4\n";
-        assert_eq!(parse_status_rss(status), Some(2 * 1024 * 1024));
-        assert_eq!(parse_status_rss("Name: x\n"), None);
+        let status = "Name:\tmoien\nVmPeak:\t  10 kB\nVmRSS:\t   2048 kB\n\
+                      RssAnon:\t    512 kB\nRssAnonX:\t 1 kB\nThreads:\t4\n";
+        assert_eq!(parse_status_field(status, "VmRSS"), Some(2 * 1024 * 1024));
+        assert_eq!(parse_status_field(status, "RssAnon"), Some(512 * 1024));
+        assert_eq!(parse_status_field("Name: x\n", "VmRSS"), None);
     }
 
     #[test]
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("/proc is readable");
         assert!(s.rss_bytes > 0);
+        assert!(s.anon_bytes > 0 && s.anon_bytes <= s.rss_bytes);
         assert!(s.cpu_seconds >= 0.0);
     }
 }

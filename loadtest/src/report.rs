@@ -185,6 +185,11 @@ pub struct RunResult {
     pub subscriber_kbps: Spread,
     pub rss_bytes_start: Option<u64>,
     pub rss_bytes_end: Option<u64>,
+    /// The anonymous part of the RSS (heap, stacks), without the file-backed code pages.
+    pub anon_rss_bytes_start: Option<u64>,
+    pub anon_rss_bytes_end: Option<u64>,
+    /// Growth of the anonymous RSS from before the first join to the end of the measured
+    /// window, divided by the participants.
     pub rss_bytes_per_participant: Option<u64>,
     pub cpu_note: String,
     pub sender_pacing: bool,
@@ -396,11 +401,13 @@ pub fn text_table(r: &RunResult) -> String {
             ),
         ),
         (
-            "server RSS start/end, per participant",
+            "server RSS start/end (anonymous), per participant",
             format!(
-                "{} / {} MiB, {} KiB",
+                "{} / {} MiB ({} / {} MiB), {} KiB",
                 opt(r.rss_bytes_start.map(|b| b as f64 / 1_048_576.0), 1),
                 opt(r.rss_bytes_end.map(|b| b as f64 / 1_048_576.0), 1),
+                opt(r.anon_rss_bytes_start.map(|b| b as f64 / 1_048_576.0), 1),
+                opt(r.anon_rss_bytes_end.map(|b| b as f64 / 1_048_576.0), 1),
                 opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0)
             ),
         ),
@@ -784,6 +791,8 @@ mod tests {
             subscriber_kbps: Spread::of(&[10.0, 30.0]),
             rss_bytes_start: Some(10 << 20),
             rss_bytes_end: Some(12 << 20),
+            anon_rss_bytes_start: Some(6 << 20),
+            anon_rss_bytes_end: Some(8 << 20),
             rss_bytes_per_participant: Some(262_144),
             cpu_note: "n".into(),
             sender_pacing: false,
