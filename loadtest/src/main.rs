@@ -1,6 +1,6 @@
 //! `moien-loadtest`: the command line. `run` drives a scenario against a target and writes the
 //! reports; `bare-forwarder` is the bare target's server process; `compare` prints the ratios of
-//! a results file.
+//! a results file; `capacity` turns a ramp's capacity into a run size.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +33,17 @@ enum Cmd {
     },
     /// Print the comparison table (ratios to Moien) of a results file.
     Compare { file: PathBuf },
+    /// Print how many groups (rooms of --group-size, or calls, or viewers) make --share of the
+    /// capacity the latest ramp of the scenario in a results file found.
+    Capacity {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        scenario: ScenarioKind,
+        #[arg(long, default_value_t = 0.7)]
+        share: f64,
+        #[arg(long, default_value_t = 1)]
+        group_size: usize,
+    },
 }
 
 #[derive(Args)]
@@ -319,6 +330,19 @@ fn real_main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let records: Vec<BenchRecord> = serde_json::from_str(&text)?;
             print!("{}", report::comparison(&records));
+            Ok(())
+        }
+        Cmd::Capacity {
+            file,
+            scenario,
+            share,
+            group_size,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let records: Vec<BenchRecord> = serde_json::from_str(&text)?;
+            let groups = report::groups_at_share(&records, scenario.name(), share, group_size)?;
+            println!("{groups}");
             Ok(())
         }
         Cmd::Run(args) => {

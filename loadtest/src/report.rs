@@ -303,7 +303,14 @@ pub fn append_record(path: &Path, rec: BenchRecord) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a results array", path.display()))?,
         _ => Vec::new(),
     };
-    all.retain(|r| !(r.scenario == rec.scenario && r.target == rec.target && r.mode == rec.mode));
+    // A fixed run of another size is another measurement (the bench adds one at 70 % of the
+    // capacity its ramp found); a ramp replaces the previous ramp.
+    all.retain(|r| {
+        !(r.scenario == rec.scenario
+            && r.target == rec.target
+            && r.mode == rec.mode
+            && (r.mode == "ramp" || r.participants == rec.participants))
+    });
     all.push(rec);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -468,6 +475,26 @@ pub fn text_table(r: &RunResult) -> String {
     s
 }
 
+/// How many groups of `group_size` make `share` of the capacity the latest ramp of `scenario`
+/// found (at least one group).
+pub fn groups_at_share(
+    records: &[BenchRecord],
+    scenario: &str,
+    share: f64,
+    group_size: usize,
+) -> anyhow::Result<usize> {
+    if !(share > 0.0 && share <= 1.0) || group_size == 0 {
+        anyhow::bail!("the share must be in (0, 1] and the group size positive");
+    }
+    let capacity = records
+        .iter()
+        .rev()
+        .filter(|r| r.scenario == scenario && r.mode == "ramp")
+        .find_map(|r| r.capacity_participants)
+        .with_context(|| format!("no ramp of {scenario} in the results"))?;
+    Ok(((capacity as f64 * share / group_size as f64).floor() as usize).max(1))
+}
+
 /// The comparison table of a results file: each target against Moien, per scenario.
 pub fn comparison(records: &[BenchRecord]) -> String {
     let mut s = String::new();
@@ -489,9 +516,12 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         "moien/x"
     );
     for r in records {
-        let moien = records
-            .iter()
-            .find(|m| m.target == "moien" && m.scenario == r.scenario && m.mode == r.mode);
+        let moien = records.iter().find(|m| {
+            m.target == "moien"
+                && m.scenario == r.scenario
+                && m.mode == r.mode
+                && (r.mode == "ramp" || m.participants == r.participants)
+        });
         let ratio = match (
             moien.and_then(|m| m.packets_per_cpu_second),
             r.packets_per_cpu_second,
@@ -866,6 +896,28 @@ mod tests {
     }
 
     #[test]
+    fn groups_at_a_share_of_the_ramps_capacity() {
+        let mut ramp = sample().bench_record();
+        ramp.mode = "ramp".into();
+        ramp.capacity_participants = Some(160);
+        let fixed = sample().bench_record();
+        let all = [ramp, fixed];
+        // 70 % of 160 is 112: 14 rooms of 8.
+        assert_eq!(
+            groups_at_share(&all, "audio-conference", 0.7, 8).unwrap(),
+            14
+        );
+        assert_eq!(
+            groups_at_share(&all, "audio-conference", 0.01, 8).unwrap(),
+            1
+        );
+        let e = groups_at_share(&all, "livestream", 0.7, 1).unwrap_err();
+        assert!(e.to_string().contains("no ramp of livestream"), "{e}");
+        assert!(groups_at_share(&all, "audio-conference", 1.5, 8).is_err());
+        assert!(groups_at_share(&all, "audio-conference", 0.7, 0).is_err());
+    }
+
+    #[test]
     fn results_file_replaces_same_run() {
         let dir = std::env::temp_dir().join(format!("moien-lt-{}", std::process::id()));
         let path = dir.join("results.json");
@@ -876,9 +928,16 @@ mod tests {
         let mut other = r.clone();
         other.target = "bare".into();
         append_record(&path, other).unwrap();
+        let mut bigger = r.clone();
+        bigger.participants = 112;
+        append_record(&path, bigger).unwrap();
         let all: Vec<BenchRecord> =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all.len(),
+            3,
+            "a fixed run of another size is kept beside the first"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

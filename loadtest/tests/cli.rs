@@ -221,3 +221,48 @@ async fn ctrl_c_stops_the_run_with_a_partial_report() {
     assert!(json["timeline"].as_array().is_some_and(|t| !t.is_empty()));
     assert!(html_ok, "the HTML report is written too");
 }
+
+#[tokio::test]
+async fn capacity_turns_a_ramp_into_a_run_size() {
+    let dir = temp_dir("capacity");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("results.json");
+    let record = |mode: &str, participants: u64, capacity: Option<u64>| {
+        serde_json::json!({
+            "scenario": "audio-conference", "target": "moien", "mode": mode,
+            "participants": participants, "streams": 7, "streams_received": 7,
+            "forwarded_packets_per_s": 1.0, "forwarded_mbit_per_s": 1.0,
+            "sfu_cpu_seconds": 1.0, "sfu_cpu_percent": 1.0, "packets_per_cpu_second": 1.0,
+            "mbit_per_cpu_second": 1.0, "video_mbit_per_cpu_second": 0.0,
+            "p50_latency_ms": 0.2, "p99_latency_ms": 1.0, "loss_percent": 0.0, "jitter_ms": 0.1,
+            "join_p95_ms": 50.0, "rss_bytes_per_participant": 1024,
+            "capacity_participants": capacity, "interrupted": false
+        })
+    };
+    let all = serde_json::json!([record("fixed", 32, None), record("ramp", 160, Some(160))]);
+    std::fs::write(&file, all.to_string()).expect("write results");
+    let run = |scenario: &'static str| {
+        let file = file.clone();
+        async move {
+            Command::new(BIN)
+                .args(["capacity", "--scenario", scenario, "--share", "0.7"])
+                .args(["--group-size", "8"])
+                .arg(&file)
+                .output()
+                .await
+                .expect("run moien-loadtest capacity")
+        }
+    };
+    let out = run("audio-conference").await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "14",
+        "70 % of 160 in rooms of 8"
+    );
+    let out = run("livestream").await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no ramp of livestream"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
