@@ -373,7 +373,7 @@ pub fn text_table(r: &RunResult) -> String {
         (
             "one-way latency p50/p90/p99/max",
             if r.latency.samples == 0 {
-                "n/a (carried by video packets; this run received none)".into()
+                "n/a (no media packet received)".into()
             } else {
                 format!(
                     "{:.2} / {:.2} / {:.2} / {:.2} ms ({} samples)",
