@@ -1,6 +1,11 @@
 //! Speech-like audio for load: a voiced signal that talks and pauses like a person in a call
 //! (two-state on/off model with exponential talk-spurt and pause lengths), encoded with libopus,
 //! DTX while silent, and the RFC 6464 audio level of every frame.
+//!
+//! A source encodes its first seconds live and then replays them, looping at a pause: encoding
+//! was two thirds of the load tester's CPU (72 speakers: 3,600 libopus encodes a second), which
+//! the load tester must leave to the server it measures. What goes on the wire is unchanged:
+//! real Opus packets, their sizes, DTX, levels and talk-spurt markers, one voice per speaker.
 
 use std::f32::consts::PI;
 
@@ -62,7 +67,23 @@ pub struct SpeechSource {
     pcm: Vec<i16>,
     /// The previous frame was not sent (DTX): the next sent one carries the marker.
     gap: bool,
+    /// The frames encoded so far, replayed in a loop once `replay` is set.
+    recorded: Vec<SpeechFrame>,
+    recording: bool,
+    replay: Option<usize>,
+    encoded: u64,
+    states_ended: u32,
 }
+
+/// Frames encoded before the recording may start (2 s): libopus sends every frame of the first
+/// pauses while it learns the noise floor, and only then settles into DTX.
+const WARMUP_FRAMES: u64 = 100;
+/// Whole talk-and-pause cycles a source records before it loops (7.5 s with the default
+/// pattern), and the most frames it records if its states are very long (30 s). The recording
+/// starts with a talk spurt that starts after the warm-up and holds a fixed count of cycles, not
+/// "the state under some frame", which would favour long states.
+const LOOP_CYCLES: u32 = 3;
+const LOOP_MAX_FRAMES: usize = 1_500;
 
 impl SpeechSource {
     pub fn new(pattern: SpeechPattern) -> Result<Self, opus::Error> {
@@ -82,6 +103,11 @@ impl SpeechSource {
             f0,
             pcm: vec![0; OPUS_FRAME],
             gap: true,
+            recorded: Vec::new(),
+            recording: false,
+            replay: None,
+            encoded: 0,
+            states_ended: 0,
         };
         s.frames_left = s.draw_frames();
         Ok(s)
@@ -105,6 +131,29 @@ impl SpeechSource {
 
     /// The next 20 ms frame.
     pub fn next_frame(&mut self) -> Result<SpeechFrame, opus::Error> {
+        if let Some(i) = self.replay {
+            let frame = self.recorded[i].clone();
+            self.replay = Some((i + 1) % self.recorded.len());
+            self.talking = frame.voice;
+            return Ok(frame);
+        }
+        let frame = self.encode_frame()?;
+        self.encoded += 1;
+        let state_ends = self.frames_left == 0;
+        if self.recording {
+            self.recorded.push(frame.clone());
+            self.states_ended += u32::from(state_ends);
+            // Whole cycles: the replay starts with a talk spurt, as the recording did.
+            if self.states_ended == 2 * LOOP_CYCLES || self.recorded.len() >= LOOP_MAX_FRAMES {
+                self.replay = Some(0);
+            }
+        } else if self.encoded >= WARMUP_FRAMES && state_ends && !self.talking {
+            self.recording = true;
+        }
+        Ok(frame)
+    }
+
+    fn encode_frame(&mut self) -> Result<SpeechFrame, opus::Error> {
         if self.frames_left == 0 {
             self.talking = !self.talking;
             self.frames_left = self.draw_frames();
@@ -180,7 +229,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let (mut sent, mut skipped, mut markers, mut loud, mut quiet) = (0, 0, 0, 0, 0);
+        let (mut sent, mut skipped, mut markers) = (0, 0, 0);
+        let (mut voiced, mut loud, mut silent, mut quiet) = (0, 0, 0, 0);
         for _ in 0..500 {
             let f = s.next_frame().unwrap();
             match &f.payload {
@@ -189,16 +239,79 @@ mod tests {
             }
             markers += usize::from(f.marker);
             if f.voice {
+                voiced += 1;
                 loud += usize::from(f.level < 40);
             } else {
+                silent += 1;
                 quiet += usize::from(f.level > 60);
             }
         }
         assert!(sent > 100 && skipped > 50, "sent {sent}, skipped {skipped}");
         assert!(markers > 3, "talk spurts start with a marker");
         assert!(
-            loud > 100 && quiet > 50,
-            "levels: loud {loud}, quiet {quiet}"
+            voiced > 50 && silent > 50,
+            "talks {voiced}, pauses {silent}"
         );
+        assert!(
+            loud * 10 >= voiced * 9 && quiet == silent,
+            "levels: {loud} of {voiced} talking frames loud, {quiet} of {silent} pause frames quiet"
+        );
+    }
+
+    #[test]
+    fn after_a_warm_up_the_source_replays_whole_cycles() {
+        let mut s = SpeechSource::new(SpeechPattern::default()).unwrap();
+        let frames: Vec<SpeechFrame> = (0..3_200).map(|_| s.next_frame().unwrap()).collect();
+        assert!(s.replay.is_some(), "the source loops");
+        let live = s.encoded as usize;
+        let period = s.recorded.len();
+        assert!(live >= WARMUP_FRAMES as usize + period && period < LOOP_MAX_FRAMES);
+        let same = |a: &SpeechFrame, b: &SpeechFrame| {
+            (&a.payload, a.level, a.voice, a.marker) == (&b.payload, b.level, b.voice, b.marker)
+        };
+        // The recording is the last live frames, and the replay repeats it frame for frame.
+        assert!(
+            frames[live - period..live]
+                .iter()
+                .zip(&s.recorded)
+                .all(|(a, b)| same(a, b))
+        );
+        assert!(
+            frames[live..]
+                .iter()
+                .enumerate()
+                .all(|(i, f)| same(f, &s.recorded[i % period]))
+        );
+        // Whole cycles: the loop starts with a talk spurt (and its marker) and ends in a pause.
+        let first = &s.recorded[0];
+        assert!(first.voice && first.marker && !frames[live - period - 1].voice);
+        assert!(!s.recorded[period - 1].voice);
+        // Settled DTX: the recorded pauses are mostly not sent.
+        let pauses = s.recorded.iter().filter(|f| !f.voice);
+        let (sent, quiet) = pauses.fold((0, 0), |(n, q), f| {
+            (n + usize::from(f.payload.is_some()), q + 1)
+        });
+        assert!(sent * 3 < quiet, "{sent} of {quiet} pause frames sent");
+    }
+
+    #[test]
+    fn looping_speakers_keep_the_patterns_talk_share() {
+        // 1 s spurts and 1.5 s pauses: 40 % talking, over many speakers, whichever state they
+        // start in.
+        let (mut voiced, mut all) = (0usize, 0usize);
+        for seed in 1..=40 {
+            let mut s = SpeechSource::new(SpeechPattern {
+                seed,
+                start_talking: seed % 3 == 0,
+                ..Default::default()
+            })
+            .unwrap();
+            for _ in 0..1_500 {
+                voiced += usize::from(s.next_frame().unwrap().voice);
+                all += 1;
+            }
+        }
+        let share = voiced as f64 / all as f64;
+        assert!((0.34..0.46).contains(&share), "talk share {share}");
     }
 }
