@@ -208,13 +208,27 @@ pub fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfi
     Ok(Arc::new(config))
 }
 
+/// Initial WebSocket read buffer (the server's too).
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// Opens the WebSocket: plain for `ws://`, TLS with `tls` (or the system's roots) for `wss://`.
 async fn ws_connect(
     url: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<WsStream, ClientError> {
+    // tungstenite zeroes its whole read buffer before every read: at the 128 KiB default that
+    // was a tenth of the load tester's CPU (152 participants), so the buffer starts as small as
+    // the server's and grows only for a larger message.
+    let config = Some(
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER),
+    );
     if !url.starts_with("wss://") {
-        return Ok(tokio_tungstenite::connect_async(url).await?.0);
+        return Ok(
+            tokio_tungstenite::connect_async_with_config(url, config, false)
+                .await?
+                .0,
+        );
     }
     let tls = match tls {
         Some(t) => t.clone(),
@@ -222,7 +236,8 @@ async fn ws_connect(
     };
     let connector = tokio_tungstenite::Connector::Rustls(tls);
     let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)).await?;
+        tokio_tungstenite::connect_async_tls_with_config(url, config, false, Some(connector))
+            .await?;
     Ok(ws)
 }
 
