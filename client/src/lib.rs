@@ -1414,25 +1414,31 @@ impl Driver {
             }
             None => (pt, packet),
         };
-        let sent = self
+        // With RED the bytes on the wire are not `packet`'s.
+        let wire_hash = self
             .config
             .audio_send_times
-            .as_ref()
-            .map(|t| (t.clone(), hash(&payload)));
+            .is_some()
+            .then(|| hash(&payload));
         let write = RtpWrite::new(pt, track.seq.into(), track.ts, now, payload).ext_vals(ext);
         track.seq += 1;
         track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
         let mid = track.mid;
         if p.write(mid, write) {
-            if let Some((times, h)) = sent {
-                times.record(h, media::unix_micros());
-            }
+            self.record_audio_sent(wire_hash);
             self.with_report(|r| {
                 r.sent_audio += 1;
                 if r.sent_hashes.len() < MAX_HASHES {
                     r.sent_hashes.insert(h);
                 }
             });
+        }
+    }
+
+    /// Notes when an audio payload (by the hash of its wire bytes) left, for its receivers.
+    fn record_audio_sent(&self, wire_hash: Option<u64>) {
+        if let (Some(times), Some(h)) = (&self.config.audio_send_times, wire_hash) {
+            times.record(h, media::unix_micros());
         }
     }
 
@@ -1468,16 +1474,13 @@ impl Driver {
             voice_activity: Some(frame.voice),
             ..Default::default()
         };
-        let times = self.config.audio_send_times.clone();
         let write = RtpWrite::new(pt, track.seq.into(), ts, now, packet)
             .marker(frame.marker)
             .ext_vals(ext);
         track.seq += 1;
         let mid = track.mid;
         if p.write(mid, write) {
-            if let Some(times) = times {
-                times.record(h, media::unix_micros());
-            }
+            self.record_audio_sent(Some(h));
             let verify = self.config.verify;
             self.with_report(|r| {
                 r.sent_audio += 1;

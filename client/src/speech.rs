@@ -2,8 +2,8 @@
 //! (two-state on/off model with exponential talk-spurt and pause lengths), encoded with libopus,
 //! DTX while silent, and the RFC 6464 audio level of every frame.
 //!
-//! A source encodes its first seconds live and then replays them, looping at a pause: encoding
-//! was two thirds of the load tester's CPU (72 speakers: 3,600 libopus encodes a second), which
+//! A source encodes live through a warm-up and three whole talk-and-pause cycles, then replays
+//! those cycles in a loop: encoding was two thirds of the load tester's CPU (72 speakers: 3,600 libopus encodes a second), which
 //! the load tester must leave to the server it measures. What goes on the wire is unchanged:
 //! real Opus packets, their sizes, DTX, levels and talk-spurt markers, one voice per speaker.
 
@@ -67,12 +67,18 @@ pub struct SpeechSource {
     pcm: Vec<i16>,
     /// The previous frame was not sent (DTX): the next sent one carries the marker.
     gap: bool,
-    /// The frames encoded so far, replayed in a loop once `replay` is set.
-    recorded: Vec<SpeechFrame>,
-    recording: bool,
-    replay: Option<usize>,
+    /// Frames encoded so far (live), and the recorded cycles with where the source is in them.
     encoded: u64,
-    states_ended: u32,
+    recorded: Vec<SpeechFrame>,
+    phase: Phase,
+}
+
+/// Where a source is between encoding live and replaying.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    WarmingUp,
+    Recording { states_ended: u32 },
+    Replaying { next: usize },
 }
 
 /// Frames encoded before the recording may start (2 s): libopus sends every frame of the first
@@ -103,11 +109,9 @@ impl SpeechSource {
             f0,
             pcm: vec![0; OPUS_FRAME],
             gap: true,
-            recorded: Vec::new(),
-            recording: false,
-            replay: None,
             encoded: 0,
-            states_ended: 0,
+            recorded: Vec::new(),
+            phase: Phase::WarmingUp,
         };
         s.frames_left = s.draw_frames();
         Ok(s)
@@ -131,24 +135,33 @@ impl SpeechSource {
 
     /// The next 20 ms frame.
     pub fn next_frame(&mut self) -> Result<SpeechFrame, opus::Error> {
-        if let Some(i) = self.replay {
-            let frame = self.recorded[i].clone();
-            self.replay = Some((i + 1) % self.recorded.len());
+        if let Phase::Replaying { next } = self.phase {
+            let frame = self.recorded[next].clone();
+            self.phase = Phase::Replaying {
+                next: (next + 1) % self.recorded.len(),
+            };
             self.talking = frame.voice;
             return Ok(frame);
         }
         let frame = self.encode_frame()?;
         self.encoded += 1;
         let state_ends = self.frames_left == 0;
-        if self.recording {
-            self.recorded.push(frame.clone());
-            self.states_ended += u32::from(state_ends);
-            // Whole cycles: the replay starts with a talk spurt, as the recording did.
-            if self.states_ended == 2 * LOOP_CYCLES || self.recorded.len() >= LOOP_MAX_FRAMES {
-                self.replay = Some(0);
+        match self.phase {
+            // Recording starts with a talk spurt.
+            Phase::WarmingUp if self.encoded >= WARMUP_FRAMES && state_ends && !self.talking => {
+                self.phase = Phase::Recording { states_ended: 0 };
             }
-        } else if self.encoded >= WARMUP_FRAMES && state_ends && !self.talking {
-            self.recording = true;
+            Phase::WarmingUp | Phase::Replaying { .. } => {}
+            Phase::Recording { states_ended } => {
+                self.recorded.push(frame.clone());
+                let states_ended = states_ended + u32::from(state_ends);
+                self.phase =
+                    if states_ended == 2 * LOOP_CYCLES || self.recorded.len() >= LOOP_MAX_FRAMES {
+                        Phase::Replaying { next: 0 }
+                    } else {
+                        Phase::Recording { states_ended }
+                    };
+            }
         }
         Ok(frame)
     }
@@ -262,7 +275,10 @@ mod tests {
     fn after_a_warm_up_the_source_replays_whole_cycles() {
         let mut s = SpeechSource::new(SpeechPattern::default()).unwrap();
         let frames: Vec<SpeechFrame> = (0..3_200).map(|_| s.next_frame().unwrap()).collect();
-        assert!(s.replay.is_some(), "the source loops");
+        assert!(
+            matches!(s.phase, Phase::Replaying { .. }),
+            "the source loops"
+        );
         let live = s.encoded as usize;
         let period = s.recorded.len();
         assert!(live >= WARMUP_FRAMES as usize + period && period < LOOP_MAX_FRAMES);
