@@ -942,6 +942,9 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // Moien patch: the soonest of the timers that a media send cannot move (DTLS, ICE, SCTP,
+    // channels, stats, the session's housekeeping) at the last full computation.
+    cached_other_timeout: (Option<Instant>, Reason),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1315,6 +1318,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            cached_other_timeout: (None, Reason::NotHappening),
         })
     }
 
@@ -1966,13 +1970,20 @@ impl Rtc {
                 self.stats.as_mut().and_then(|s| s.poll_timeout()),
                 self.session.timer_granularity,
             );
-            let time_and_reason = (None, Reason::NotHappening)
+            self.cached_other_timeout = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
                 .soonest((self.ice.poll_timeout(), Reason::Ice))
-                .soonest(self.session.poll_timeout())
                 .soonest((self.sctp.poll_timeout(), Reason::Sctp))
                 .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
-                .soonest((stats_timeout, Reason::Stats));
+                .soonest((stats_timeout, Reason::Stats))
+                .soonest(self.session.poll_timeout_housekeeping());
+        }
+        // Moien patch: after a media send only the send path's part is recomputed
+        // (`Readiness::send_timeout`, `Session::poll_timeout_send`).
+        if self.readiness.wants_timeout() || self.readiness.wants_send_timeout() {
+            let time_and_reason = self
+                .cached_other_timeout
+                .soonest(self.session.poll_timeout_send());
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);

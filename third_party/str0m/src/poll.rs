@@ -154,6 +154,10 @@ pub(crate) struct Readiness {
     /// Moien patch: only the media send path has output (see `Rtc::handle_send`), so
     /// `poll_output` may skip walking ICE, DTLS, SCTP and the event queues.
     media: bool,
+    /// Moien patch: only the send path's timers may have moved (a media send), so the next
+    /// timeout recomputes the pacer's and the send streams' and reuses the rest from the last
+    /// full computation (`Session::poll_timeout_send`).
+    send_timeout: bool,
 }
 
 impl Readiness {
@@ -163,6 +167,7 @@ impl Readiness {
             events: true,
             timeout: true,
             media: true,
+            send_timeout: true,
         }
     }
 
@@ -184,10 +189,15 @@ impl Readiness {
         self.media
     }
 
-    /// Moien patch: media was queued for sending; timers may have moved.
+    /// Moien patch: media was queued for sending; the send path's timers may have moved.
     pub(crate) fn wake_media(&mut self) {
         self.media = true;
-        self.timeout = true;
+        self.send_timeout = true;
+    }
+
+    /// Moien patch: see [`Readiness::send_timeout`].
+    pub(crate) fn wants_send_timeout(&self) -> bool {
+        self.send_timeout
     }
 
     /// Moien patch: the media send path is drained.
@@ -197,6 +207,7 @@ impl Readiness {
 
     pub(crate) fn clear_timeout(&mut self) {
         self.timeout = false;
+        self.send_timeout = false;
     }
 
     /// Hand out an armed guard for a mutable descent into the tree.
@@ -250,6 +261,7 @@ impl Readiness {
             events: false,
             timeout: false,
             media: false,
+            send_timeout: false,
         }
     }
 }

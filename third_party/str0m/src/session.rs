@@ -1325,7 +1325,28 @@ impl Session {
         Some(protected.into())
     }
 
+    #[cfg(test)]
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {
+        self.poll_timeout_housekeeping()
+            .soonest(self.poll_timeout_send())
+    }
+
+    /// Moien patch: the part of [`Session::poll_timeout`] that sending media can move (the
+    /// pacer and the send streams), recomputed alone after a media send (`Rtc::handle_send`).
+    /// The rest only moves on input, on a timeout pass, or later than before (a stream's pause
+    /// check), where a stale earlier value costs one early wake-up.
+    pub fn poll_timeout_send(&mut self) -> (Option<Instant>, Reason) {
+        if self.rtp_closing {
+            return (None, Reason::NotHappening);
+        }
+        let send_stream_at = self.streams.send_stream();
+        self.pacer
+            .poll_timeout()
+            .soonest((send_stream_at, Reason::SendStream))
+    }
+
+    /// Moien patch: [`Session::poll_timeout`] without [`Session::poll_timeout_send`].
+    pub fn poll_timeout_housekeeping(&mut self) -> (Option<Instant>, Reason) {
         if self.rtp_closing {
             return if self.feedback_tx.is_empty() {
                 (None, Reason::NotHappening)
@@ -1340,7 +1361,6 @@ impl Session {
         let feedback_at = coarse(self.regular_feedback_at(), grid);
         let nack_at = coarse(self.nack_at(), grid);
         let twcc_at = coarse(self.twcc_at(), grid);
-        let pacing_at = self.pacer.poll_timeout();
         let packetize_at = self.medias.iter().filter_map(|m| m.poll_timeout()).min();
         let receive_at = self
             .medias
@@ -1348,7 +1368,6 @@ impl Session {
             .filter_map(|media| media.poll_receive_timeout(self.reordering_timeout_audio))
             .min();
         let paused_at = coarse(self.paused_at(), grid);
-        let send_stream_at = self.streams.send_stream();
         let request_at = self.streams.pending_request();
 
         // Gives us built-in reason
@@ -1363,11 +1382,9 @@ impl Session {
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
             .soonest((twcc_at, Reason::Twcc))
-            .soonest(pacing_at)
             .soonest((receive_at, Reason::ReceiveReorder))
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
-            .soonest((send_stream_at, Reason::SendStream))
             .soonest(bwe_at)
     }
 
