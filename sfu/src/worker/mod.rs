@@ -266,6 +266,12 @@ fn receive_batch(
             for datagram in data.chunks(stride) {
                 core.handle_datagram(now, meta.addr, datagram);
             }
+            // A full `sendmmsg` worth goes out at once: holding it until the batch ends
+            // saves no system call and makes the first packets wait for the last ones'
+            // processing (a batch of 32 audio packets in rooms of 8 is 224 copies).
+            if core.transmits().len() >= send::MMSG_BATCH {
+                send_all(core, socket, state, sender);
+            }
         }
         // Keep the send side moving during long receive runs.
         send_all(core, socket, state, sender);

@@ -12,7 +12,7 @@ use std::net::UdpSocket;
 use str0m::net::Transmit;
 
 /// Most datagrams handed to one `sendmmsg` call.
-const MMSG_BATCH: usize = 64;
+pub(crate) const MMSG_BATCH: usize = 64;
 
 /// Reused buffers, so a send allocates nothing in the steady state.
 #[derive(Default)]
