@@ -5,6 +5,7 @@
 pub mod bare;
 pub mod janus;
 pub mod moien;
+pub mod priority;
 pub mod procstat;
 pub mod report;
 pub mod runner;

@@ -116,6 +116,11 @@ struct RunArgs {
     /// one-way latency shows the server's share, not the sender's pacer.
     #[arg(long)]
     sender_pacing: bool,
+    /// Niceness of the load tester's own threads once the target runs (0-19; 0 leaves it
+    /// unchanged). On a machine it shares with the server under test, the server then gets
+    /// the cores when packets arrive, as it would running alone.
+    #[arg(long, default_value_t = 10)]
+    nice: i32,
     /// Moien: media workers of the started server (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -221,6 +226,9 @@ async fn run(a: RunArgs) -> anyhow::Result<Outcome> {
     {
         bail!("--max-loss-percent must be 0..=100 and --max-p99-ms positive");
     }
+    if !(0..=19).contains(&a.nice) {
+        bail!("--nice must be 0..=19 (0 leaves the load tester's priority unchanged)");
+    }
     if a.target != TargetKind::Moien && a.simulcast {
         bail!(
             "--simulcast is measured on Moien only for now (the Janus and bare targets send one layer)"
@@ -267,6 +275,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Outcome> {
         duration: a.duration,
         ramp,
         sender_pacing: a.sender_pacing,
+        nice: a.nice,
         progress: !a.quiet,
         announce_phases: true,
     };

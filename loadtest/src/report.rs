@@ -193,6 +193,9 @@ pub struct RunResult {
     pub rss_bytes_per_participant: Option<u64>,
     pub cpu_note: String,
     pub sender_pacing: bool,
+    /// Niceness the load tester ran its own threads at (0: unchanged); see `--nice`.
+    #[serde(default)]
+    pub load_tester_nice: i32,
     pub interrupted: bool,
     pub errors: Vec<String>,
     pub ramp: Option<RampResult>,
@@ -826,6 +829,7 @@ mod tests {
             rss_bytes_per_participant: Some(262_144),
             cpu_note: "n".into(),
             sender_pacing: false,
+            load_tester_nice: 0,
             interrupted: false,
             errors: vec![],
             ramp: None,

@@ -90,6 +90,9 @@ pub struct RunOptions {
     pub ramp: Option<RampOptions>,
     /// Publishers pace their media through str0m's pacer (as browsers do).
     pub sender_pacing: bool,
+    /// Niceness the load tester takes once the target runs (0: unchanged), so that a server
+    /// sharing the machine gets the cores when packets arrive ([`crate::priority`]).
+    pub nice: i32,
     pub progress: bool,
     /// Print `moien-loadtest: phase <name>` on stderr as the run moves on (`starting`,
     /// `joining`, `warmup`, `measuring`, `step <n>`, `stopping`), for scripts and tests that
@@ -424,6 +427,12 @@ async fn run_with(opts: &RunOptions, interrupt: Interrupt) -> anyhow::Result<Run
         }
         _ = interrupt.wait() => anyhow::bail!("interrupted while starting target {}", opts.target.kind()),
     };
+    // After the start, so that a server this process started keeps its own priority.
+    if opts.nice > 0
+        && let Err(e) = crate::priority::lower_own(opts.nice)
+    {
+        eprintln!("moien-loadtest: could not lower its own priority: {e}");
+    }
     let r = drive(opts, &mut target, interrupt).await;
     announce(opts, &quiet, "stopping");
     let (result, joined) = match r {
@@ -783,6 +792,7 @@ fn finish(
         rss_bytes_per_participant: rss_per,
         cpu_note,
         sender_pacing: opts.sender_pacing,
+        load_tester_nice: opts.nice,
         interrupted,
         errors,
         ramp,

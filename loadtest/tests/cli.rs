@@ -27,6 +27,15 @@ fn temp_dir(name: &str) -> PathBuf {
     ))
 }
 
+/// The nice value (field 19) of a `/proc/.../stat` file.
+fn niceness(stat_path: &str) -> i64 {
+    let stat = std::fs::read_to_string(stat_path).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name, field 3 (state) is the first: nice (19) is the 17th.
+    fields[16].parse().expect("nice")
+}
+
 #[tokio::test]
 async fn absurd_parameters_are_refused_with_a_message() {
     // (arguments after `run`, what the message must name)
@@ -51,6 +60,8 @@ async fn absurd_parameters_are_refused_with_a_message() {
         (&["livestream", "--viewers", "1000000"], "--viewers"),
         (&["livestream", "--viewers", "0"], "--viewers"),
         (&["video-conference", "--duration", "0s"], "--duration"),
+        (&["audio-conference", "--nice=20"], "--nice"),
+        (&["audio-conference", "--nice=-5"], "--nice"),
         (
             &["video-conference", "--ramp", "--ramp-step", "1000000000"],
             "--ramp-step",
@@ -165,6 +176,16 @@ async fn ctrl_c_stops_the_run_with_a_partial_report() {
             "phase {phase} not announced: {seen:?}"
         );
     }
+    // While it runs, every thread of the load tester yields to the server (default --nice 10).
+    let own = niceness(&format!("/proc/self/task/{}/stat", std::process::id()));
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the child's threads");
+    let nices: Vec<i64> = tasks
+        .filter_map(|t| t.ok())
+        .map(|t| niceness(&format!("{}/stat", t.path().display())))
+        .collect();
+    assert!(nices.len() > 1, "{nices:?}");
+    assert!(nices.iter().all(|&n| n == own.max(10)), "{nices:?}");
+
     // SAFETY: sends a signal to the child this test started (and still holds).
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "kill -INT");
 

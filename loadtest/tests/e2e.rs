@@ -70,6 +70,7 @@ async fn smoke(scenario: Scenario, ramp: Option<RampOptions>) -> (RunResult, Val
         duration: DURATION,
         ramp,
         sender_pacing: false,
+        nice: 0,
         progress: false,
         announce_phases: false,
     };

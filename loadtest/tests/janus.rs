@@ -48,6 +48,7 @@ async fn tiny_video_conference_on_janus_delivers_media() {
         duration: Duration::from_secs(3),
         ramp: None,
         sender_pacing: false,
+        nice: 0,
         progress: false,
         announce_phases: false,
     };
