@@ -363,8 +363,32 @@ impl Session {
         }
         self.streams
             .handle_send(now, &self.medias, &self.codec_config);
-        self.update_queue_state(now, None);
+        self.update_changed_queue_state(now);
         true
+    }
+
+    /// Moien patch: [`Session::update_queue_state`] for the sends of a forwarder, where one
+    /// stream's queue changed: the pacer's view is updated with fresh snapshots of the streams
+    /// whose queue changed instead of a snapshot of every send stream. A subscriber has a send
+    /// stream per forwarded track, and a full view per forwarded packet made that cost grow
+    /// with the room. Probes, and a set of streams the view does not match, take the full view.
+    fn update_changed_queue_state(&mut self, now: Instant) {
+        if self.srtp_tx.is_none() {
+            return;
+        }
+        let streams = &mut self.streams;
+        let decided = self.pacer.handle_timeout_in_place(now, |view| {
+            streams.refresh_changed_queue_states(now, view)
+        });
+        match decided {
+            None => self.update_queue_state(now, None),
+            Some(None) => {}
+            Some(Some(padding_request)) => {
+                if let Some(stream) = self.streams.stream_tx_by_midrid(padding_request.midrid) {
+                    stream.generate_padding(padding_request.padding);
+                }
+            }
+        }
     }
 
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
@@ -1255,7 +1279,7 @@ impl Session {
             // it here releases a burst within the pacer's budget in one drain, instead of one
             // packet per full `Rtc` timeout pass (each costing more than the packet).
             None if self.pacer.wants_refresh() => {
-                self.update_queue_state(now, None);
+                self.update_changed_queue_state(now);
                 self.pacer.poll_queue()?
             }
             None => return None,

@@ -81,45 +81,11 @@ impl Pacer for LeakyBucketPacer {
         now: Instant,
         iter: impl Iterator<Item = QueueState>,
     ) -> Option<PaddingRequest> {
-        // Clear the gate when time advances
-        self.needs_timeout_before_next_poll = false;
-
-        // Clear the poll time - it will be recalculated below if needed.
-        // This is important because if we return early (e.g., next_poll_queue is already set),
-        // we don't want the old Immediate timeout to keep firing.
-        self.next_poll_time = None;
-
         // This is called periodically and whenever packet is queued.
         self.queue_states.clear();
         self.queue_states.extend(iter);
 
-        let elapsed = self.update_handle_time_and_get_elapsed(now);
-
-        self.clear_debt(elapsed);
-        self.maybe_update_adjusted_bitrate(now);
-
-        if let Some(request) = self.maybe_create_padding_request(now) {
-            self.next_poll_queue = Some(request.midrid);
-            return Some(request);
-        }
-
-        if self.next_poll_queue.is_some() {
-            return None;
-        }
-
-        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
-
-        if now < next_poll_time_and_reason.0 {
-            // We don't set this because between now and the neaxt poll, queue state can change such
-            // that we should poll a different queue i.e. media could be queued.
-            self.next_poll_queue = None;
-        } else {
-            self.next_poll_queue = queue.map(|q| q.midrid);
-        }
-
-        self.next_poll_time = Some(next_poll_time_and_reason);
-
-        None
+        self.decide(now)
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
@@ -193,6 +159,58 @@ impl LeakyBucketPacer {
         trace!(?config, "Probe start");
         self.probe_queue.push_back(ProbeClusterState::new(config));
         self.request_immediate_timeout();
+    }
+
+    /// The part of `handle_timeout` that decides from the queue view in place (Moien patch:
+    /// split out for `handle_timeout_in_place`).
+    fn decide(&mut self, now: Instant) -> Option<PaddingRequest> {
+        // Clear the gate when time advances
+        self.needs_timeout_before_next_poll = false;
+
+        // Clear the poll time - it will be recalculated below if needed.
+        // This is important because if we return early (e.g., next_poll_queue is already set),
+        // we don't want the old Immediate timeout to keep firing.
+        self.next_poll_time = None;
+
+        let elapsed = self.update_handle_time_and_get_elapsed(now);
+
+        self.clear_debt(elapsed);
+        self.maybe_update_adjusted_bitrate(now);
+
+        if let Some(request) = self.maybe_create_padding_request(now) {
+            self.next_poll_queue = Some(request.midrid);
+            return Some(request);
+        }
+
+        if self.next_poll_queue.is_some() {
+            return None;
+        }
+
+        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
+
+        if now < next_poll_time_and_reason.0 {
+            // We don't set this because between now and the neaxt poll, queue state can change such
+            // that we should poll a different queue i.e. media could be queued.
+            self.next_poll_queue = None;
+        } else {
+            self.next_poll_queue = queue.map(|q| q.midrid);
+        }
+
+        self.next_poll_time = Some(next_poll_time_and_reason);
+
+        None
+    }
+
+
+    /// Moien patch: the queue view given by the last `handle_timeout`, for
+    /// `PacerImpl::handle_timeout_in_place`.
+    pub(crate) fn queue_states_mut(&mut self) -> &mut [QueueState] {
+        &mut self.queue_states
+    }
+
+    /// Moien patch: `handle_timeout` with the view in place, updated by the caller.
+    pub(crate) fn handle_timeout_in_place(&mut self, now: Instant) -> Option<PaddingRequest> {
+        self.decide(now)
     }
 
     /// Moien patch: see `PacerImpl::wants_refresh`.
@@ -368,6 +386,13 @@ impl LeakyBucketPacer {
         let (queue_time, queued_packets, queue_size) =
             self.queue_states
                 .iter()
+                // Moien patch: an empty queue adds nothing, and skipping it saves the time
+                // arithmetic for every idle stream of the session on every decision.
+                .filter(|q| {
+                    q.snapshot.packet_count > 0
+                        || q.snapshot.byte_size > 0
+                        || q.snapshot.total_queue_time_origin > Duration::ZERO
+                })
                 .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
                     (
                         acc.0 + q.snapshot.total_queue_time(now),

@@ -56,6 +56,25 @@ impl PacerImpl {
         }
     }
 
+    /// Moien patch: `handle_timeout` from the view the last one was given, after `refresh`
+    /// updated it in place. `None` when `refresh` declines (returns `false`) or the pacer
+    /// keeps no view to update: the caller then gives a full view.
+    pub fn handle_timeout_in_place(
+        &mut self,
+        now: Instant,
+        refresh: impl FnOnce(&mut [QueueState]) -> bool,
+    ) -> Option<Option<PaddingRequest>> {
+        match self {
+            PacerImpl::Null(_) => None,
+            PacerImpl::LeakyBucket(v) => {
+                if !refresh(v.queue_states_mut()) {
+                    return None;
+                }
+                Some(v.handle_timeout_in_place(now))
+            }
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,

@@ -139,6 +139,10 @@ pub(crate) struct Streams {
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
     probe_media: Option<(Mid, Pt)>,
+    /// Moien patch: counts changes to the set of send streams (which reorder `streams_tx`).
+    tx_generation: u64,
+    /// Moien patch: `tx_generation` when `send_queue_states` last listed the send streams.
+    view_generation: Option<u64>,
 
     /// Local SSRC used before we got any StreamTx. This is used for RTCP if we don't
     /// have any reasonable value to use.
@@ -180,6 +184,8 @@ impl Streams {
             streams_tx: Default::default(),
             probe_tx: StreamTx::new_probe(mtu_warn),
             probe_media: None,
+            tx_generation: 0,
+            view_generation: None,
             default_ssrc_tx: 0.into(), // this will be changed
             mids_to_report: Vec::with_capacity(10),
             enable_stats,
@@ -333,12 +339,15 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
-        self.streams_tx
-            .entry(ssrc)
-            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
+        let generation = &mut self.tx_generation;
+        self.streams_tx.entry(ssrc).or_insert_with(|| {
+            *generation += 1;
+            StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn)
+        })
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
+        self.tx_generation += 1;
         self.streams_tx.remove(&ssrc).is_some()
     }
 
@@ -650,11 +659,39 @@ impl Streams {
         self.probe_media = media;
     }
 
+    /// Moien patch: updates `view`, the queue states [`Streams::send_queue_states`] gave last,
+    /// with fresh snapshots of the send streams whose queue changed since theirs. Returns
+    /// `false` when `view` does not list exactly the send streams in their order (one came or
+    /// went) or a probe is on: the caller then replaces the whole view.
+    pub(crate) fn refresh_changed_queue_states(
+        &mut self,
+        now: Instant,
+        view: &mut [QueueState],
+    ) -> bool {
+        if self.probe_media.is_some()
+            || self.view_generation != Some(self.tx_generation)
+            || view.len() != self.streams_tx.len()
+        {
+            return false;
+        }
+        for (q, s) in view.iter_mut().zip(self.streams_tx.values_mut()) {
+            if !s.queue_state_changed(q) {
+                continue;
+            }
+            if q.midrid != s.midrid() {
+                return false;
+            }
+            *q = s.queue_state(now);
+        }
+        true
+    }
+
     pub(crate) fn send_queue_states(
         &mut self,
         now: Instant,
         mut can_probe: impl FnMut(Mid, Pt) -> bool,
     ) -> impl Iterator<Item = QueueState> {
+        self.view_generation = Some(self.tx_generation);
         // Snapshot each stream once, preferring media/RTX padding over the
         // fallback. No extra stream or retransmission-queue scan is needed.
         let mut media_padding = false;
@@ -696,6 +733,7 @@ impl Streams {
     }
 
     pub(crate) fn remove_streams_by_mid(&mut self, mid: Mid) {
+        self.tx_generation += 1;
         self.streams_tx.retain(|_, s| s.mid() != mid);
         self.streams_rx.retain(|_, s| s.mid() != mid);
         self.rx_lookup.retain(|_, v| v.mid != mid);

@@ -138,6 +138,10 @@ pub struct StreamTx {
     /// Requested padding, that has not been turned into packets yet.
     padding: usize,
 
+    /// Moien patch: the queue (packets, resends, padding) changed since the last
+    /// `queue_state`, so the pacer's copy of that state is out of date.
+    queue_changed: bool,
+
     /// Dummy packet for resends. Used between poll_packet and poll_packet_padding
     blank_packet: RtpPacket,
 
@@ -378,6 +382,7 @@ impl StreamTx {
             unpaced: None,
             resends: VecDeque::new(),
             padding: 0,
+            queue_changed: true,
             blank_packet: RtpPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
@@ -491,6 +496,7 @@ impl StreamTx {
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
     pub fn write_rtp(&mut self, rtp: RtpWrite) {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         let RtpWrite {
             pt,
             seq_no,
@@ -567,6 +573,7 @@ impl StreamTx {
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Option<PacketReceipt> {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         let mid = self.midrid.mid();
         let rid = self.midrid.rid();
         let is_probe = self.ssrc.is_probe();
@@ -1057,6 +1064,7 @@ impl StreamTx {
         entries: impl Iterator<Item = NackEntry>,
         now: Instant,
     ) -> Option<()> {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         // Turning NackEntry into SeqNo we need to know a SeqNo "close by" to lengthen the 16 bit
         // sequence number into the 64 bit we have in SeqNo.
         let seq_no = self.rtx_cache.last_cached_seq_no()?;
@@ -1173,6 +1181,20 @@ impl StreamTx {
         self.stats.fill(snapshot, self.midrid, now);
     }
 
+    /// Moien patch: the mid and rid the pacer knows this stream's queue by.
+    pub(crate) fn midrid(&self) -> MidRid {
+        self.midrid
+    }
+
+    /// Moien patch: whether `last`, this stream's state from its last [`StreamTx::queue_state`],
+    /// is out of date: the queue's content changed since (a snapshot extrapolates queue time by
+    /// itself), or the pacing or padding flags did.
+    pub(crate) fn queue_state_changed(&self, last: &QueueState) -> bool {
+        self.queue_changed
+            || last.unpaced != self.unpaced.unwrap_or(true)
+            || last.use_for_padding != self.padding_enabled()
+    }
+
     pub(crate) fn queue_state(&mut self, now: Instant) -> QueueState {
         // The unpaced flag is set to a default value on first handle_timeout. The
         // default is to not pace audio. We unwrap default to "true" here to not
@@ -1193,6 +1215,7 @@ impl StreamTx {
         }
 
         self.queue_info = Some(snapshot);
+        self.queue_changed = false;
 
         QueueState {
             midrid: self.midrid,
@@ -1268,6 +1291,7 @@ impl StreamTx {
     }
 
     pub(crate) fn generate_padding(&mut self, padding: usize) {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         if !self.padding_enabled() {
             return;
         }
@@ -1283,6 +1307,7 @@ impl StreamTx {
         now: Instant,
         get_media: impl FnOnce() -> (&'a Media, &'a CodecConfig),
     ) {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         // If kind is None, this is the first time we ever get a handle_timeout.
         if self.kind.is_none() {
             let (media, config) = get_media();
@@ -1321,6 +1346,7 @@ impl StreamTx {
     }
 
     pub(crate) fn reset_buffers(&mut self) {
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         self.send_queue.clear();
         self.queue_info = None;
         self.rtx_cache.clear();
