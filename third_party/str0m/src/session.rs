@@ -377,9 +377,9 @@ impl Session {
             return;
         }
         let streams = &mut self.streams;
-        let decided = self.pacer.handle_timeout_in_place(now, |view| {
-            streams.refresh_changed_queue_states(now, view)
-        });
+        let decided = self
+            .pacer
+            .handle_timeout_in_place(now, |view| streams.refresh_changed_queue_states(now, view));
         match decided {
             None => self.update_queue_state(now, None),
             Some(None) => {}

@@ -201,7 +201,6 @@ impl LeakyBucketPacer {
         None
     }
 
-
     /// Moien patch: the queue view given by the last `handle_timeout`, for
     /// `PacerImpl::handle_timeout_in_place`.
     pub(crate) fn queue_states_mut(&mut self) -> &mut [QueueState] {
@@ -383,23 +382,23 @@ impl LeakyBucketPacer {
             self.pacing_bitrate
         };
 
-        let (queue_time, queued_packets, queue_size) =
-            self.queue_states
-                .iter()
-                // Moien patch: an empty queue adds nothing, and skipping it saves the time
-                // arithmetic for every idle stream of the session on every decision.
-                .filter(|q| {
-                    q.snapshot.packet_count > 0
-                        || q.snapshot.byte_size > 0
-                        || q.snapshot.total_queue_time_origin > Duration::ZERO
-                })
-                .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
-                    (
-                        acc.0 + q.snapshot.total_queue_time(now),
-                        acc.1 + q.snapshot.packet_count,
-                        acc.2 + DataSize::from(q.snapshot.byte_size),
-                    )
-                });
+        let (queue_time, queued_packets, queue_size) = self
+            .queue_states
+            .iter()
+            // Moien patch: an empty queue adds nothing, and skipping it saves the time
+            // arithmetic for every idle stream of the session on every decision.
+            .filter(|q| {
+                q.snapshot.packet_count > 0
+                    || q.snapshot.byte_size > 0
+                    || q.snapshot.total_queue_time_origin > Duration::ZERO
+            })
+            .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
+                (
+                    acc.0 + q.snapshot.total_queue_time(now),
+                    acc.1 + q.snapshot.packet_count,
+                    acc.2 + DataSize::from(q.snapshot.byte_size),
+                )
+            });
         if queued_packets == 0 {
             return;
         }
