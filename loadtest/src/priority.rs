@@ -39,7 +39,7 @@ pub fn lower_own(nice: i32) -> io::Result<usize> {
     Ok(changed)
 }
 
-/// The niceness of one thread of this process.
+/// The niceness of one thread, of this process or another (a thread id is system-wide).
 pub fn of_thread(tid: u32) -> io::Result<i32> {
     // getpriority may return -1 legitimately, so errno is cleared and checked.
     // SAFETY: errno is thread-local; getpriority has no memory preconditions.
@@ -76,6 +76,7 @@ mod tests {
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() } as u32;
         assert_eq!(of_thread(me).unwrap(), nice);
+        // SAFETY: gettid has no preconditions.
         let later = std::thread::spawn(|| of_thread(unsafe { libc::gettid() } as u32).unwrap());
         assert_eq!(later.join().unwrap(), nice);
         tx.send(()).unwrap();

@@ -14,6 +14,7 @@ use tokio::process::Command;
 
 mod common;
 use common::{SECRET, node};
+use moien_loadtest::priority::of_thread;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moien-loadtest");
 
@@ -25,15 +26,6 @@ fn temp_dir(name: &str) -> PathBuf {
         "moien-loadtest-cli-{name}-{}-{nanos:x}",
         std::process::id()
     ))
-}
-
-/// The nice value (field 19) of a `/proc/.../stat` file.
-fn niceness(stat_path: &str) -> i64 {
-    let stat = std::fs::read_to_string(stat_path).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name, field 3 (state) is the first: nice (19) is the 17th.
-    fields[16].parse().expect("nice")
 }
 
 #[tokio::test]
@@ -177,11 +169,12 @@ async fn ctrl_c_stops_the_run_with_a_partial_report() {
         );
     }
     // While it runs, every thread of the load tester yields to the server (default --nice 10).
-    let own = niceness(&format!("/proc/self/task/{}/stat", std::process::id()));
+    let own = of_thread(std::process::id()).expect("own niceness");
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the child's threads");
-    let nices: Vec<i64> = tasks
-        .filter_map(|t| t.ok())
-        .map(|t| niceness(&format!("{}/stat", t.path().display())))
+    // A thread that ended since the listing (ESRCH) is skipped.
+    let nices: Vec<i32> = tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|tid| of_thread(tid).ok())
         .collect();
     assert!(nices.len() > 1, "{nices:?}");
     assert!(nices.iter().all(|&n| n == own.max(10)), "{nices:?}");
