@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The three-target comparison: builds in release, runs the standard scenarios against Moien,
 # Janus (Debian's package, started with a generated loopback config) and the bare forwarder,
-# plus a capacity ramp on Moien and a run at 70 % of the capacity it found, then prints the ratios and writes target/bench/results.json.
+# each BENCH_REPEAT times with the targets alternating, plus a capacity ramp on Moien and a run at
+# 70 % of the capacity it found. Each round's runs go to target/bench/round-N.json, the ramp's to
+# capacity.json; target/bench/results.json gets each scenario and target's median run, and the
+# ratios printed at the end are those of the medians.
 #
-#   loadtest/bench.sh                      # everything (~12 minutes on 2 cores)
-#   BENCH_DURATION=10s loadtest/bench.sh   # shorter measurement windows
+#   loadtest/bench.sh                      # everything (~18 minutes on 2 cores)
+#   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
 #   BENCH_TARGETS="moien bare" BENCH_RAMP=0 loadtest/bench.sh
 #
-# Environment: CARGO_TARGET_DIR (default target), BENCH_DURATION (15s), BENCH_WARMUP (4s),
-# BENCH_TARGETS ("moien janus bare"), BENCH_RAMP (1), BENCH_NICE (0: niceness of the runs).
+# Environment: CARGO_TARGET_DIR (default target), BENCH_DURATION (10s), BENCH_WARMUP (4s),
+# BENCH_REPEAT (3), BENCH_TARGETS ("moien janus bare"), BENCH_RAMP (1), BENCH_NICE (0: niceness
+# of the runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target_dir=${CARGO_TARGET_DIR:-target}
-duration=${BENCH_DURATION:-15s}
+duration=${BENCH_DURATION:-10s}
+rounds=${BENCH_REPEAT:-3}
 warmup=${BENCH_WARMUP:-4s}
 targets=${BENCH_TARGETS:-moien janus bare}
 ramp=${BENCH_RAMP:-1}
@@ -37,41 +42,54 @@ if [[ " $targets " == *" janus "* ]] && ! command -v janus >/dev/null 2>&1; then
 fi
 
 mkdir -p "$out"
-rm -f "$results"
+rm -f "$results" "$out"/round-*.json "$out/capacity.json"
 failures=0
 
 run() {
-    local name=$1; shift
+    local name=$1 file=$2; shift 2
     echo "== $name"
     if ! nice -n "$nice_level" "$lt" run "$@" --server-bin "$server" --out "$out" \
-        --results "$results" --quiet; then
+        --results "$file" --quiet; then
         echo "!! $name failed"
         failures=$((failures + 1))
     fi
 }
 
-for t in $targets; do
-    run "audio-conference on $t" audio-conference --target "$t" --rooms 4 --room-size 8 \
-        --duration "$duration" --warmup "$warmup"
-    run "video-conference on $t" video-conference --target "$t" --rooms 2 --room-size 5 \
-        --video-layers 360p --duration "$duration" --warmup "$warmup"
-    run "livestream on $t" livestream --target "$t" --viewers 30 --video-layers 720p \
-        --duration "$duration" --warmup "$warmup"
-    run "many-small-rooms on $t" many-small-rooms --target "$t" --rooms 12 \
-        --video-layers 360p --duration "$duration" --warmup "$warmup"
+# The standard scenarios' parameters, by name.
+scenario_args() {
+    case $1 in
+        audio-conference) echo "--rooms 4 --room-size 8" ;;
+        video-conference) echo "--rooms 2 --room-size 5 --video-layers 360p" ;;
+        livestream) echo "--viewers 30 --video-layers 720p" ;;
+        many-small-rooms) echo "--rooms 12 --video-layers 360p" ;;
+    esac
+}
+
+# Targets alternate within each scenario and every round repeats all of them, so that a slow
+# minute of this shared machine falls on all targets alike; the ratios come from each
+# target's median run (`moien-loadtest median`).
+for round in $(seq "$rounds"); do
+    for scenario in audio-conference video-conference livestream many-small-rooms; do
+        for t in $targets; do
+            # shellcheck disable=SC2046 # the arguments are meant to split
+            run "$scenario on $t (round $round of $rounds)" "$out/round-$round.json" "$scenario" \
+                --target "$t" $(scenario_args "$scenario") --duration "$duration" --warmup "$warmup"
+        done
+    done
 done
 
 if [[ $ramp == 1 ]]; then
-    run "audio-conference ramp on moien" audio-conference --target moien --room-size 8 \
+    run "audio-conference ramp on moien" "$out/capacity.json" audio-conference --target moien --room-size 8 \
         --ramp --ramp-step 2 --step-duration 6s --step-settle 3s --max-participants 320
     # The latency goal holds at 70 % of the capacity found; the bare forwarder at the same size
     # shows what the measurement path itself (kernel, load tester) adds. The long warm-up lets
     # every simulated speaker finish encoding live and replay its recording (see
     # loadtest/README.md), as the ramp's long-lived participants do.
-    if rooms=$("$lt" capacity "$results" --scenario audio-conference --share 0.7 --group-size 8); then
+    if rooms=$("$lt" capacity "$out/capacity.json" --scenario audio-conference --share 0.7 --group-size 8); then
         for t in moien bare; do
             [[ " $targets " == *" $t "* ]] || continue
-            run "audio-conference at 70% of capacity ($rooms rooms) on $t" audio-conference \
+            run "audio-conference at 70% of capacity ($rooms rooms) on $t" "$out/capacity.json" \
+                audio-conference \
                 --target "$t" --rooms "$rooms" --room-size 8 --duration "$duration" --warmup 20s
         done
     else
@@ -80,9 +98,18 @@ if [[ $ramp == 1 ]]; then
     fi
 fi
 
-echo
-echo "== results ($results)"
-"$lt" compare "$results"
+shopt -s nullglob
+runs=("$out"/round-*.json)
+[[ -f $out/capacity.json ]] && runs+=("$out/capacity.json")
+if ((${#runs[@]} > 0)); then
+    "$lt" median --out "$results" "${runs[@]}"
+    echo
+    echo "== results ($results)"
+    "$lt" compare "$results"
+else
+    echo "!! no run produced a result"
+    failures=$((failures + 1))
+fi
 echo
 echo "moien/x: Moien's forwarded packets per server CPU-second divided by the target's."
 echo "Reports (JSON, HTML) per run are in $out/."

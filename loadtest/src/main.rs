@@ -1,6 +1,7 @@
 //! `moien-loadtest`: the command line. `run` drives a scenario against a target and writes the
 //! reports; `bare-forwarder` is the bare target's server process; `compare` prints the ratios of
-//! a results file; `capacity` turns a ramp's capacity into a run size.
+//! a results file; `median` reduces repeated runs to their median; `capacity` turns a ramp's
+//! capacity into a run size.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,14 @@ enum Cmd {
     },
     /// Print the comparison table (ratios to Moien) of a results file.
     Compare { file: PathBuf },
+    /// Write to --out, for each scenario, target and size in the results files, the run with
+    /// the median packets per CPU-second, with the number of runs and their range.
+    Median {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print how many groups (rooms of --group-size, or calls, or viewers) make --share of the
     /// capacity the latest ramp of the scenario in a results file found.
     Capacity {
@@ -339,6 +348,23 @@ fn real_main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let records: Vec<BenchRecord> = serde_json::from_str(&text)?;
             print!("{}", report::comparison(&records));
+            Ok(())
+        }
+        Cmd::Median { files, out } => {
+            let mut records: Vec<BenchRecord> = Vec::new();
+            for file in &files {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let more: Vec<BenchRecord> = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a results array", file.display()))?;
+                records.extend(more);
+            }
+            let medians = report::median_runs(&records);
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&medians)?)
+                .with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
         Cmd::Capacity {

@@ -228,6 +228,12 @@ pub struct BenchRecord {
     pub rss_bytes_per_participant: Option<u64>,
     pub capacity_participants: Option<usize>,
     pub interrupted: bool,
+    /// Set by [`median_runs`]: how many runs of this scenario and target the record is the
+    /// median of, and the lowest and highest packets per CPU-second among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_per_cpu_second_range: Option<[f64; 2]>,
 }
 
 impl RunResult {
@@ -254,6 +260,8 @@ impl RunResult {
             rss_bytes_per_participant: self.rss_bytes_per_participant,
             capacity_participants: self.ramp.as_ref().map(|r| r.capacity_participants),
             interrupted: self.interrupted,
+            runs: None,
+            packets_per_cpu_second_range: None,
         }
     }
 
@@ -498,6 +506,50 @@ pub fn groups_at_share(
     Ok(((capacity as f64 * share / group_size as f64).floor() as usize).max(1))
 }
 
+/// One record per scenario, mode, target and size out of repeated runs of each: the run with
+/// the median packets per CPU-second (a real run, so its other figures belong together), with
+/// the number of runs and their range. On a shared machine one run can be 10-30 % off; the
+/// median of runs interleaved across targets is what the ratios are taken from. Groups keep
+/// the order of their first run.
+pub fn median_runs(records: &[BenchRecord]) -> Vec<BenchRecord> {
+    let same = |a: &BenchRecord, b: &BenchRecord| {
+        a.scenario == b.scenario
+            && a.target == b.target
+            && a.mode == b.mode
+            && (a.mode == "ramp" || a.participants == b.participants)
+    };
+    let mut out: Vec<BenchRecord> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if records[..i].iter().any(|e| same(e, r)) {
+            continue;
+        }
+        let mut group: Vec<&BenchRecord> = records[i..].iter().filter(|e| same(e, r)).collect();
+        // Runs without a CPU figure sort first and are never the median of measured ones.
+        group.sort_by(|a, b| {
+            let key = |r: &BenchRecord| r.packets_per_cpu_second.unwrap_or(f64::NEG_INFINITY);
+            key(a).total_cmp(&key(b))
+        });
+        let measured: Vec<f64> = group
+            .iter()
+            .filter_map(|r| r.packets_per_cpu_second)
+            .collect();
+        let unmeasured = group.len() - measured.len();
+        let pick = if measured.is_empty() {
+            0
+        } else {
+            unmeasured + (measured.len() - 1) / 2
+        };
+        let mut median = group[pick].clone();
+        median.runs = Some(group.len());
+        median.packets_per_cpu_second_range = measured
+            .first()
+            .zip(measured.last())
+            .map(|(lo, hi)| [*lo, *hi]);
+        out.push(median);
+    }
+    out
+}
+
 /// The comparison table of a results file: each target against Moien, per scenario.
 pub fn comparison(records: &[BenchRecord]) -> String {
     let mut s = String::new();
@@ -518,6 +570,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         "KiB/part",
         "moien/x"
     );
+    let repeated = records.iter().any(|r| r.runs.is_some_and(|n| n > 1));
     for r in records {
         let moien = records.iter().find(|m| {
             m.target == "moien"
@@ -549,6 +602,15 @@ pub fn comparison(records: &[BenchRecord]) -> String {
             opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0),
             ratio
         );
+        if let (true, Some(n @ 2..), Some([lo, hi])) =
+            (repeated, r.runs, r.packets_per_cpu_second_range)
+        {
+            let _ = writeln!(
+                s,
+                "{:<18} median of {n} runs, pkt/cpu-s {lo:.0}-{hi:.0}",
+                ""
+            );
+        }
     }
     s
 }
@@ -897,6 +959,60 @@ mod tests {
         j.packets_per_cpu_second = Some(8_000.0);
         let c = comparison(&[r.bench_record(), j]);
         assert!(c.contains("2.50x"), "{c}");
+    }
+
+    #[test]
+    fn repeated_runs_give_the_median_run_and_ratios_of_medians() {
+        let run = |target: &str, ppcs: Option<f64>, p99: f64| {
+            let mut r = sample().bench_record();
+            r.target = target.into();
+            r.packets_per_cpu_second = ppcs;
+            r.p99_latency_ms = p99;
+            r
+        };
+        let mut bigger = run("moien", Some(1.0), 9.0);
+        bigger.participants += 1;
+        let runs = [
+            run("moien", Some(30_000.0), 1.0),
+            run("janus", Some(10_000.0), 2.0),
+            run("moien", Some(20_000.0), 3.0),
+            run("janus", Some(16_000.0), 4.0),
+            run("moien", Some(26_000.0), 5.0),
+            run("janus", None, 6.0),
+            bigger.clone(),
+        ];
+        let m = median_runs(&runs);
+        assert_eq!(m.len(), 3, "moien, janus, and moien at another size");
+        // The median run is a real run: its latency comes with its CPU figure.
+        assert_eq!(m[0].packets_per_cpu_second, Some(26_000.0));
+        assert_eq!(m[0].p99_latency_ms, 5.0);
+        assert_eq!(m[0].runs, Some(3));
+        assert_eq!(
+            m[0].packets_per_cpu_second_range,
+            Some([20_000.0, 30_000.0])
+        );
+        // A run without a CPU figure counts as a run but is never the median of measured ones.
+        assert_eq!(m[1].packets_per_cpu_second, Some(10_000.0));
+        assert_eq!(m[1].runs, Some(3));
+        assert_eq!(
+            m[1].packets_per_cpu_second_range,
+            Some([10_000.0, 16_000.0])
+        );
+        assert_eq!(m[2].participants, bigger.participants);
+        assert_eq!(m[2].runs, Some(1));
+        let c = comparison(&m);
+        assert!(c.contains("2.60x"), "26k / 10k: {c}");
+        assert!(c.contains("median of 3 runs, pkt/cpu-s 20000-30000"), "{c}");
+        assert!(!c.contains("median of 1 runs"), "{c}");
+        // The file format carries the new fields and reads back.
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Vec<BenchRecord> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        let single = serde_json::to_string(&runs[0]).unwrap();
+        assert!(
+            !single.contains("\"runs\""),
+            "absent when not a median: {single}"
+        );
     }
 
     #[test]

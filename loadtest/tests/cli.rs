@@ -280,3 +280,81 @@ async fn capacity_turns_a_ramp_into_a_run_size() {
     assert!(err.contains("no ramp of livestream"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn median_reduces_repeated_rounds_to_one_record_per_target() {
+    let dir = temp_dir("median");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let record = |target: &str, packets_per_cpu_second: f64| {
+        serde_json::json!({
+            "scenario": "audio-conference", "target": target, "mode": "fixed",
+            "participants": 32, "streams": 224, "streams_received": 224,
+            "forwarded_packets_per_s": 7000.0, "forwarded_mbit_per_s": 5.0,
+            "sfu_cpu_seconds": 1.0, "sfu_cpu_percent": 10.0,
+            "packets_per_cpu_second": packets_per_cpu_second,
+            "mbit_per_cpu_second": 1.0, "video_mbit_per_cpu_second": 0.0,
+            "p50_latency_ms": 0.2, "p99_latency_ms": 1.0, "loss_percent": 0.0, "jitter_ms": 0.1,
+            "join_p95_ms": 50.0, "rss_bytes_per_participant": 1024,
+            "capacity_participants": null, "interrupted": false
+        })
+    };
+    let rounds = [
+        [record("moien", 80_000.0), record("janus", 40_000.0)],
+        [record("moien", 60_000.0), record("janus", 45_000.0)],
+        [record("moien", 90_000.0), record("janus", 30_000.0)],
+    ];
+    let mut files = Vec::new();
+    for (i, round) in rounds.iter().enumerate() {
+        let file = dir.join(format!("round-{}.json", i + 1));
+        std::fs::write(&file, serde_json::json!(round).to_string()).expect("write round");
+        files.push(file);
+    }
+    let results = dir.join("results.json");
+    let out = Command::new(BIN)
+        .arg("median")
+        .arg("--out")
+        .arg(&results)
+        .args(&files)
+        .output()
+        .await
+        .expect("run moien-loadtest median");
+    assert!(out.status.success(), "{out:?}");
+    let medians: Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).expect("results")).expect("json");
+    let medians = medians.as_array().expect("an array");
+    assert_eq!(medians.len(), 2, "one record per target: {medians:?}");
+    assert_eq!(medians[0]["target"], "moien");
+    assert_eq!(medians[0]["packets_per_cpu_second"], 80_000.0);
+    assert_eq!(medians[0]["runs"], 3);
+    assert_eq!(medians[1]["packets_per_cpu_second"], 40_000.0);
+    let out = Command::new(BIN)
+        .arg("compare")
+        .arg(&results)
+        .output()
+        .await
+        .expect("run moien-loadtest compare");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("2.00x"), "80k / 40k: {table}");
+    assert!(
+        table.contains("median of 3 runs, pkt/cpu-s 60000-90000"),
+        "{table}"
+    );
+
+    // A file that is not a results array is named in the error.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"not\": \"an array\"}").expect("write bad");
+    let out = Command::new(BIN)
+        .arg("median")
+        .arg("--out")
+        .arg(dir.join("never.json"))
+        .arg(&bad)
+        .output()
+        .await
+        .expect("run moien-loadtest median");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json is not a results array"), "{err}");
+    assert!(!dir.join("never.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
