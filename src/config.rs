@@ -112,6 +112,12 @@ impl Config {
                 )
             }
         })?;
+        let pack = config.media.pack_load;
+        if !(0.0..=1.0).contains(&pack) {
+            anyhow::bail!(
+                "invalid configuration: [media] pack_load is {pack}, a share of one core between 0 and 1 (0 spreads rooms over the workers)"
+            );
+        }
         Ok(config)
     }
 }
@@ -232,6 +238,19 @@ mod tests {
         assert_eq!(c.signaling.listen.port(), 9999);
         assert_eq!(c.auth.secret, "12345");
         let _ = std::fs::remove_file(&f.0);
+    }
+
+    #[test]
+    fn pack_load_is_a_share_of_one_core() {
+        let load = |v: &str| Config::load(None, env(&[("MOIEN_MEDIA_PACK_LOAD", v)]));
+        assert_eq!(Config::default().media.pack_load, 0.5);
+        assert_eq!(load("0").unwrap().media.pack_load, 0.0);
+        assert_eq!(load("0.25").unwrap().media.pack_load, 0.25);
+        assert_eq!(load("1").unwrap().media.pack_load, 1.0);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let e = format!("{:#}", load(bad).unwrap_err());
+            assert!(e.contains("pack_load"), "{bad}: {e}");
+        }
     }
 
     #[test]

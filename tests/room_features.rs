@@ -188,3 +188,62 @@ async fn data_messages_broadcast_directed_and_limited() {
     }
     node.shutdown().await;
 }
+
+/// Participants per worker once the workers' snapshots (every 250 ms) show `expected` in all.
+async fn participants_per_worker(node: &moien::Node, expected: usize) -> Vec<usize> {
+    let media = node.media.as_ref().expect("media role");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let per: Vec<usize> = media
+            .snapshots()
+            .iter()
+            .map(|s| s.gauges.participants)
+            .collect();
+        if per.iter().sum::<usize>() == expected {
+            return per;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers report {per:?}, expected {expected} in all"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_pack_on_the_first_worker_until_it_is_busy() {
+    // Default: two quiet rooms share the first worker.
+    let node = start_node().await;
+    let _a = audio_only(&node, "pack-a", "alice", 30).await;
+    let _b = audio_only(&node, "pack-b", "bob", 30).await;
+    assert_eq!(participants_per_worker(&node, 2).await, vec![2, 0]);
+    node.shutdown().await;
+
+    // A threshold the first worker's own work crosses: once it reports being busy, the next
+    // room goes to the second worker. This is the worker's measured figure reaching placement.
+    let node = start_node_with(|c| c.media.pack_load = 1e-9).await;
+    let _a = audio_only(&node, "pack-a", "alice", 30).await;
+    assert_eq!(participants_per_worker(&node, 1).await, vec![1, 0]);
+    let media = node.media.as_ref().expect("media role");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while media.snapshots()[0].busy <= 1e-9 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker 0 never reported work"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _b = audio_only(&node, "pack-b", "bob", 30).await;
+    assert_eq!(participants_per_worker(&node, 2).await, vec![1, 1]);
+    // A room that exists stays where it is.
+    let _c = audio_only(&node, "pack-a", "carol", 30).await;
+    assert_eq!(participants_per_worker(&node, 3).await, vec![2, 1]);
+    node.shutdown().await;
+
+    // pack_load = 0 spreads rooms from the first one.
+    let node = start_node_with(|c| c.media.pack_load = 0.0).await;
+    let _a = audio_only(&node, "pack-a", "alice", 30).await;
+    let _b = audio_only(&node, "pack-b", "bob", 30).await;
+    assert_eq!(participants_per_worker(&node, 2).await, vec![1, 1]);
+    node.shutdown().await;
+}

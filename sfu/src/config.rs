@@ -29,6 +29,9 @@ pub struct MediaConfig {
     pub connect_timeout: Duration,
     /// Largest number of participants one worker hosts.
     pub max_participants_per_worker: usize,
+    /// New rooms go to the first worker busy less than this share of one core (0 to 1);
+    /// `0` spreads rooms over the least loaded worker. See `placement`.
+    pub pack_load: f64,
 }
 
 impl Default for MediaConfig {
@@ -42,6 +45,7 @@ impl Default for MediaConfig {
             disconnect_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(30),
             max_participants_per_worker: 5000,
+            pack_load: 0.5,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod dependency_descriptor;
 pub mod descriptor;
 pub mod keyframe;
 pub mod layer;
+pub mod placement;
 pub mod rewrite;
 mod room;
 mod session;
@@ -56,6 +57,8 @@ pub struct ParticipantRef {
 pub struct MediaNode {
     workers: Vec<WorkerHandle>,
     placement: Placement,
+    /// `[media] pack_load`: see [`placement`].
+    pack_load: f64,
     factory: RtcFactory,
     next_session: AtomicU64,
     /// Room events of every worker, until someone takes them (webhooks).
@@ -93,6 +96,7 @@ impl MediaNode {
         Ok(Arc::new(MediaNode {
             workers,
             placement,
+            pack_load: config.pack_load,
             factory,
             next_session: AtomicU64::new(1),
             events: std::sync::Mutex::new(Some(events_rx)),
@@ -397,26 +401,38 @@ impl MediaNode {
             .map_err(|_| SfuError::Unavailable("media worker stopped".into()))?
     }
 
-    /// Picks the worker for a room (the one that has it, else the least loaded) and counts one
-    /// more participant there.
+    /// Picks the worker for a room (the one that has it, else [`placement::choose`]) and counts
+    /// one more participant there.
     fn place(&self, room: &str) -> usize {
         if let Some(mut e) = self.placement.get_mut(room) {
             e.1 += 1;
             return e.0;
         }
-        let mut load = vec![0usize; self.workers.len()];
+        let mut loads: Vec<placement::WorkerLoad> = self
+            .workers
+            .iter()
+            .map(|w| {
+                w.stats
+                    .lock()
+                    .map(|s| placement::WorkerLoad {
+                        participants: 0,
+                        measured_participants: s.gauges.participants,
+                        busy: s.busy,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
         for e in self.placement.iter() {
-            if let Some(l) = load.get_mut(e.0) {
-                *l += e.1;
+            if let Some(l) = loads.get_mut(e.0) {
+                l.participants += e.1;
             }
         }
-        let least = load
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, l)| **l)
-            .map_or(0, |(i, _)| i);
+        let chosen = placement::choose(&loads, self.pack_load);
         // Another join may have placed the room meanwhile: the entry API settles it.
-        let mut entry = self.placement.entry(room.to_string()).or_insert((least, 0));
+        let mut entry = self
+            .placement
+            .entry(room.to_string())
+            .or_insert((chosen, 0));
         entry.1 += 1;
         entry.0
     }

@@ -56,6 +56,9 @@ pub(crate) struct WorkerHandle {
 pub struct WorkerSnapshot {
     pub stats: WorkerStats,
     pub gauges: crate::stats::WorkerGauges,
+    /// Share of one core the worker was busy (its loop's time outside the wait), smoothed
+    /// over about a second: what room placement reads.
+    pub busy: f64,
 }
 
 pub(crate) fn bind(config: &MediaConfig, index: usize) -> io::Result<StdUdpSocket> {
@@ -153,6 +156,13 @@ impl Drop for CommandSender {
     }
 }
 
+/// How often the worker copies its counters for readers (metrics, room placement).
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Weight of the newest interval in the smoothed busy share: with 250 ms intervals, about the
+/// last second counts.
+const BUSY_SMOOTHING: f64 = 0.4;
+
 /// The worker's event loop: one `epoll_wait` for the socket, the command queue's waker and the
 /// core's next deadline. A plain loop rather than an async runtime: Tokio's timer wrote to the
 /// runtime's eventfd whenever the deadline moved earlier (hundreds of times a second, each
@@ -172,6 +182,8 @@ fn run(
     let mut bufs: [Vec<u8>; RECV_BATCH] = std::array::from_fn(|_| vec![0u8; RECV_BUF]);
     let mut metas = vec![RecvMeta::default(); RECV_BATCH];
     let mut next_snapshot = Instant::now();
+    let mut last_snapshot = (next_snapshot, 0u64);
+    let mut busy = 0.0f64;
     let mut sender = send::Sender::default();
     // The socket is edge-triggered: after a wake-up it is read until it would block, and this
     // stays set while a read stopped early (to let commands and timers in).
@@ -225,10 +237,18 @@ fn run(
         let now = Instant::now();
         core.stats.busy_nanos += now.saturating_duration_since(woke).as_nanos() as u64;
         if now >= next_snapshot {
-            next_snapshot = now + Duration::from_millis(250);
+            next_snapshot = now + SNAPSHOT_INTERVAL;
+            let (at, busy_nanos) = last_snapshot;
+            let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
+            if elapsed > 0.0 {
+                let share = core.stats.busy_nanos.saturating_sub(busy_nanos) as f64 / elapsed;
+                busy += (share - busy) * BUSY_SMOOTHING;
+            }
+            last_snapshot = (now, core.stats.busy_nanos);
             if let Ok(mut s) = shared.lock() {
                 s.stats = core.stats.clone();
                 s.gauges = core.gauges();
+                s.busy = busy;
             }
         }
     }
