@@ -88,6 +88,13 @@ runTest('simulcast', async ({ baseUrl, newPage, step }) => {
   step(`hidden tile: ${JSON.stringify(paused.at(-1))}, framesDecoded stays at `
     + `${stalled.framesDecoded}`);
   await bob.evaluate(() => { document.querySelector('#grid .tile.remote').hidden = false; });
+  // The page asks to resume and the server confirms it: should the frames below not come, this
+  // tells which side stalled.
+  const pauses = paused.length;
+  await pollUntil('the server confirms the resume of the shown tile',
+    () => recordedEvents(bob, 'subscription_state'),
+    (list) => list.slice(pauses).some((e) => e.info.sid === trackSid && !e.paused),
+    { timeoutMs: 10_000 });
   const shown = await pollUntil('the tile decodes again once visible', bobSees,
     (s) => s.framesDecoded > stalled.framesDecoded + 10, { timeoutMs: 10_000 });
   const state = await bob.getAttribute('#grid .tile.remote', 'data-video-state');
