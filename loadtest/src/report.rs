@@ -236,6 +236,17 @@ pub struct BenchRecord {
     pub packets_per_cpu_second_range: Option<[f64; 2]>,
 }
 
+impl BenchRecord {
+    /// Whether `other` measures the same thing: scenario, target and mode, and for a fixed run
+    /// the same size (the bench adds one at 70 % of the ramp's capacity); ramps are one.
+    pub fn same_measurement(&self, other: &BenchRecord) -> bool {
+        self.scenario == other.scenario
+            && self.target == other.target
+            && self.mode == other.mode
+            && (self.mode == "ramp" || self.participants == other.participants)
+    }
+}
+
 impl RunResult {
     pub fn bench_record(&self) -> BenchRecord {
         BenchRecord {
@@ -314,14 +325,7 @@ pub fn append_record(path: &Path, rec: BenchRecord) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a results array", path.display()))?,
         _ => Vec::new(),
     };
-    // A fixed run of another size is another measurement (the bench adds one at 70 % of the
-    // capacity its ramp found); a ramp replaces the previous ramp.
-    all.retain(|r| {
-        !(r.scenario == rec.scenario
-            && r.target == rec.target
-            && r.mode == rec.mode
-            && (r.mode == "ramp" || r.participants == rec.participants))
-    });
+    all.retain(|r| !r.same_measurement(&rec));
     all.push(rec);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -512,18 +516,15 @@ pub fn groups_at_share(
 /// median of runs interleaved across targets is what the ratios are taken from. Groups keep
 /// the order of their first run.
 pub fn median_runs(records: &[BenchRecord]) -> Vec<BenchRecord> {
-    let same = |a: &BenchRecord, b: &BenchRecord| {
-        a.scenario == b.scenario
-            && a.target == b.target
-            && a.mode == b.mode
-            && (a.mode == "ramp" || a.participants == b.participants)
-    };
     let mut out: Vec<BenchRecord> = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        if records[..i].iter().any(|e| same(e, r)) {
+        if records[..i].iter().any(|e| e.same_measurement(r)) {
             continue;
         }
-        let mut group: Vec<&BenchRecord> = records[i..].iter().filter(|e| same(e, r)).collect();
+        let mut group: Vec<&BenchRecord> = records[i..]
+            .iter()
+            .filter(|e| e.same_measurement(r))
+            .collect();
         // Runs without a CPU figure sort first and are never the median of measured ones.
         group.sort_by(|a, b| {
             let key = |r: &BenchRecord| r.packets_per_cpu_second.unwrap_or(f64::NEG_INFINITY);

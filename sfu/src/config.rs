@@ -30,7 +30,7 @@ pub struct MediaConfig {
     /// Largest number of participants one worker hosts.
     pub max_participants_per_worker: usize,
     /// New rooms go to the first worker busy less than this share of one core (0 to 1);
-    /// `0` spreads rooms over the least loaded worker. See `placement`.
+    /// `0` spreads rooms over the worker with the fewest participants. See `placement`.
     pub pack_load: f64,
 }
 

@@ -2,8 +2,8 @@
 //!
 //! A room lives on one worker for its whole life. Below `pack_load` (a share of one core) the
 //! first worker takes new rooms: at low load a worker's cost is mostly its wake-ups, and one
-//! event loop carrying every packet is about 11 % cheaper per forwarded packet than two loops
-//! each waking for half of them (docs/PERFORMANCE.md, "One worker or two"). Once the first
+//! event loop carrying every packet costs 2-12 % less per forwarded packet than two loops each
+//! waking for half of them (docs/PERFORMANCE.md, "Fifth pass"). Once the first
 //! worker is busier than that, the next one below it takes the new rooms, and when none is, the
 //! one with the fewest participants does. `pack_load = 0` spreads every room that way.
 //!
