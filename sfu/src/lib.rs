@@ -59,6 +59,8 @@ pub struct MediaNode {
     placement: Placement,
     /// `[media] pack_load`: see [`placement`].
     pack_load: f64,
+    /// Each worker's joins whose load its busy figure does not show yet.
+    recent_joins: std::sync::Mutex<Vec<placement::RecentJoins>>,
     factory: RtcFactory,
     next_session: AtomicU64,
     /// Room events of every worker, until someone takes them (webhooks).
@@ -93,10 +95,14 @@ impl MediaNode {
             )?);
         }
         info!(workers = workers.len(), "media plane started");
+        let recent_joins = std::iter::repeat_with(Default::default)
+            .take(workers.len())
+            .collect();
         Ok(Arc::new(MediaNode {
             workers,
             placement,
             pack_load: config.pack_load,
+            recent_joins: std::sync::Mutex::new(recent_joins),
             factory,
             next_session: AtomicU64::new(1),
             events: std::sync::Mutex::new(Some(events_rx)),
@@ -404,8 +410,17 @@ impl MediaNode {
     /// Picks the worker for a room (the one that has it, else [`placement::choose`]) and counts
     /// one more participant there.
     fn place(&self, room: &str) -> usize {
+        let now = std::time::Instant::now();
+        // A poisoned lock only means another join panicked mid-count: the counts stay usable.
+        let mut recent = self
+            .recent_joins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(mut e) = self.placement.get_mut(room) {
             e.1 += 1;
+            if let Some(r) = recent.get_mut(e.0) {
+                r.record(now);
+            }
             return e.0;
         }
         let mut loads: Vec<placement::WorkerLoad> = self
@@ -416,12 +431,15 @@ impl MediaNode {
                     .lock()
                     .map(|s| placement::WorkerLoad {
                         participants: 0,
-                        measured_participants: s.gauges.participants,
+                        unsettled: 0,
                         busy: s.busy,
                     })
                     .unwrap_or_default()
             })
             .collect();
+        for (l, r) in loads.iter_mut().zip(recent.iter_mut()) {
+            l.unsettled = r.count(now);
+        }
         for e in self.placement.iter() {
             if let Some(l) = loads.get_mut(e.0) {
                 l.participants += e.1;
@@ -434,6 +452,9 @@ impl MediaNode {
             .entry(room.to_string())
             .or_insert((chosen, 0));
         entry.1 += 1;
+        if let Some(r) = recent.get_mut(entry.0) {
+            r.record(now);
+        }
         entry.0
     }
 
@@ -459,5 +480,41 @@ impl Drop for MediaNode {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wiring of [`placement`] into the node: every join, into a new room or an existing
+    /// one, counts as unsettled on its worker, so a burst into an idle node spills to the next
+    /// worker before any busy figure could show it.
+    #[test]
+    fn a_burst_of_joins_spills_to_the_next_worker() {
+        let node = MediaNode::start(MediaConfig {
+            port: 0,
+            workers: 2,
+            ..MediaConfig::default()
+        })
+        .expect("media node on loopback");
+        // Four rooms fill up one after the other, as calls do: 32 joins on the first worker.
+        for room in ["a", "b", "c", "d"] {
+            for _ in 0..8 {
+                assert_eq!(node.place(room), 0, "room {room}");
+            }
+        }
+        assert_eq!(node.place("e"), 1);
+        // A room stays where it is, and its joins count there.
+        assert_eq!(node.place("a"), 0);
+        for _ in 0..(placement::PACK_UNSETTLED - 2) {
+            assert_eq!(node.place("e"), 1);
+        }
+        assert_eq!(node.place("f"), 1);
+        // Both workers took a burst: the one with fewer participants takes the next room
+        // (33 on the first, 32 on the second; then 34 on the second).
+        assert_eq!(node.place("g"), 1);
+        assert_eq!(node.place("f"), 1);
+        assert_eq!(node.place("h"), 0);
     }
 }
