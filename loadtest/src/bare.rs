@@ -391,6 +391,9 @@ impl BareTarget {
         let next_room = self.rooms.len() as u32 + 1;
         let room = *self.rooms.entry(g.room.clone()).or_insert(next_room);
         for (m, r) in g.members.iter().zip(recorders) {
+            if let Some(r) = r {
+                r.signaling_starts(Instant::now());
+            }
             let id = self.next_id;
             self.next_id += 1;
             let socket = UdpSocket::bind("127.0.0.1:0").await?;

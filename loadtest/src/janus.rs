@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use moien_client::{Client, ClientError};
@@ -504,6 +504,9 @@ impl JanusTarget {
         let room = self.room(&g.room).await?;
         let mut members: Vec<(JanusMember, &Member, Option<Arc<Recorder>>)> = Vec::new();
         for (m, r) in g.members.iter().zip(recorders) {
+            if let Some(r) = r {
+                r.signaling_starts(Instant::now());
+            }
             let session = Session::create(&self.api).await?;
             let mut jm = JanusMember {
                 clients: Vec::new(),

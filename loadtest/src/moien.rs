@@ -168,6 +168,9 @@ impl MoienTarget {
     ) -> anyhow::Result<Vec<Client>> {
         let mut clients = Vec::new();
         for (m, r) in g.members.iter().zip(recorders) {
+            if let Some(r) = r {
+                r.signaling_starts(Instant::now());
+            }
             clients.push(self.join(&g.room, m, r.clone(), pace).await?);
         }
         Ok(clients)

@@ -119,6 +119,9 @@ struct RecvState {
     window_latency: Histogram<u64>,
     total_latency: Histogram<u64>,
     first_packet: Option<Instant>,
+    /// When its signaling started (WebSocket open, WHEP POST, Janus attach, bare hello): the
+    /// start of its join time.
+    signaling_started: Instant,
 }
 
 /// Everything one simulated receiver measured.
@@ -126,25 +129,31 @@ struct RecvState {
 pub struct Recorder {
     /// Who: identity, for the per-subscriber report.
     pub name: String,
-    /// When its signaling started (WebSocket open, WHEP POST, Janus attach, bare hello).
-    pub started: Instant,
     epoch: Instant,
     state: Mutex<RecvState>,
 }
 
 impl Recorder {
+    /// A receiver created at `started`, which is also when its signaling starts unless
+    /// [`Recorder::signaling_starts`] says otherwise.
     pub fn new(name: impl Into<String>, started: Instant) -> Arc<Self> {
         Arc::new(Recorder {
             name: name.into(),
-            started,
             epoch: started,
             state: Mutex::new(RecvState {
                 streams: HashMap::new(),
                 window_latency: new_histogram(),
                 total_latency: new_histogram(),
                 first_packet: None,
+                signaling_started: started,
             }),
         })
+    }
+
+    /// Its member's own signaling starts now: members of a call join one after the other, and
+    /// a member's join time must not include the joins of those before it.
+    pub fn signaling_starts(&self, at: Instant) {
+        self.lock().signaling_started = at;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecvState> {
@@ -176,9 +185,9 @@ impl Recorder {
 
     /// Time from the start of signaling to the first media packet, if one arrived.
     pub fn join_time(&self) -> Option<std::time::Duration> {
-        self.lock()
-            .first_packet
-            .map(|f| f.saturating_duration_since(self.started))
+        let s = self.lock();
+        s.first_packet
+            .map(|f| f.saturating_duration_since(s.signaling_started))
     }
 
     /// Cumulative counters and this receiver's latency since the last harvest.
@@ -205,7 +214,7 @@ impl Recorder {
             latency: s.total_latency.clone(),
             join_time: s
                 .first_packet
-                .map(|f| f.saturating_duration_since(self.started)),
+                .map(|f| f.saturating_duration_since(s.signaling_started)),
         }
     }
 }
@@ -398,6 +407,23 @@ mod tests {
             s.on_packet(u64::from(i), start.wrapping_add(i * 3_000), at, 1_000);
         }
         assert!(s.jitter_ms() < 0.1, "{}", s.jitter_ms());
+    }
+
+    #[test]
+    fn join_time_starts_at_the_members_own_signaling() {
+        // Created with its group, but the member before it took 50 ms to join.
+        let t0 = Instant::now();
+        let r = Recorder::new("carol", t0);
+        r.signaling_starts(t0 + Duration::from_millis(50));
+        r.record(&pkt(
+            "a",
+            Kind::Audio,
+            1,
+            0,
+            t0 + Duration::from_millis(120),
+        ));
+        assert_eq!(r.join_time(), Some(Duration::from_millis(70)));
+        assert_eq!(r.summary().join_time, Some(Duration::from_millis(70)));
     }
 
     #[test]
