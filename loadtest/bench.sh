@@ -42,13 +42,16 @@ if [[ " $targets " == *" janus "* ]] && ! command -v janus >/dev/null 2>&1; then
 fi
 
 mkdir -p "$out"
-rm -f "$results" "$out"/round-*.json "$out/capacity.json"
+rm -rf "$results" "$out"/round-* "$out/capacity.json"
 failures=0
 
+# Each run's reports (JSON with its timeline, HTML) go to $reports: one folder per round, so
+# that a run whose tail stands out can be looked at after the bench.
+reports=$out
 run() {
     local name=$1 file=$2; shift 2
     echo "== $name"
-    if ! nice -n "$nice_level" "$lt" run "$@" --server-bin "$server" --out "$out" \
+    if ! nice -n "$nice_level" "$lt" run "$@" --server-bin "$server" --out "$reports" \
         --results "$file" --quiet; then
         echo "!! $name failed"
         failures=$((failures + 1))
@@ -69,6 +72,8 @@ scenario_args() {
 # minute of this shared machine falls on all targets alike; the ratios come from each
 # target's median run (`moien-loadtest median`).
 for round in $(seq "$rounds"); do
+    reports=$out/round-$round
+    mkdir -p "$reports"
     for scenario in audio-conference video-conference livestream many-small-rooms; do
         for t in $targets; do
             # shellcheck disable=SC2046 # the arguments are meant to split
@@ -77,6 +82,7 @@ for round in $(seq "$rounds"); do
         done
     done
 done
+reports=$out
 
 if [[ $ramp == 1 ]]; then
     run "audio-conference ramp on moien" "$out/capacity.json" audio-conference --target moien --room-size 8 \
@@ -112,5 +118,5 @@ else
 fi
 echo
 echo "moien/x: Moien's forwarded packets per server CPU-second divided by the target's."
-echo "Reports (JSON, HTML) per run are in $out/."
+echo "Reports (JSON with timelines, HTML) per run are in $out/round-N/ (and the ramp's in $out/)."
 exit $((failures > 0))
