@@ -11,9 +11,11 @@
 //! over about a second. So placement counts each worker's joins of the last [`JOIN_SETTLE`]
 //! and scales the figure by them, at the cost per participant the worker shows for the rest
 //! (a meeting wave at the top of the hour must not land whole on the first worker while its
-//! figure still shows the quiet before). With too few settled participants to estimate from,
-//! a worker takes at most [`PACK_UNSETTLED`] unsettled joins by packing. Rooms are placed at
-//! their first join and fill afterwards, so joins into existing rooms count too.
+//! figure still shows the quiet before). Whatever the estimate, a worker takes by packing at
+//! most as many unsettled joins as it has settled participants, or [`PACK_UNSETTLED`] if that
+//! is more: a quiet lobby of a few muted participants says little about what a wave of joins
+//! will cost. Rooms are placed at their first join and fill afterwards, so joins into existing
+//! rooms count too.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,9 +32,12 @@ pub struct WorkerLoad {
     pub busy: f64,
 }
 
-/// Joins a worker may take by packing while it has too few settled participants to estimate
-/// what one costs.
+/// Unsettled joins a worker may take by packing however few settled participants it has.
 pub const PACK_UNSETTLED: usize = 32;
+
+/// Joins [`RecentJoins`] keeps per worker: past this many within [`JOIN_SETTLE`] the count
+/// saturates (a worker holds at most a few thousand participants).
+const RECENT_CAP: usize = 4096;
 
 /// Settled participants needed to estimate a participant's cost from the busy figure.
 const ESTIMATE_FROM: usize = 8;
@@ -44,7 +49,10 @@ pub const JOIN_SETTLE: Duration = Duration::from_secs(2);
 /// The worker a new room goes to.
 pub fn choose(workers: &[WorkerLoad], pack_load: f64) -> usize {
     if pack_load > 0.0 {
-        let packable = |w: &WorkerLoad| expected_busy(w) < pack_load;
+        let packable = |w: &WorkerLoad| {
+            let settled = w.participants.saturating_sub(w.unsettled);
+            w.unsettled < PACK_UNSETTLED.max(settled) && expected_busy(w, settled) < pack_load
+        };
         if let Some(i) = workers.iter().position(packable) {
             return i;
         }
@@ -56,23 +64,17 @@ pub fn choose(workers: &[WorkerLoad], pack_load: f64) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// What `busy` will be once the worker's unsettled joins show in it.
-fn expected_busy(w: &WorkerLoad) -> f64 {
-    if w.unsettled == 0 {
-        return w.busy;
-    }
-    let settled = w.participants.saturating_sub(w.unsettled);
-    if settled >= ESTIMATE_FROM {
-        w.busy * w.participants as f64 / settled as f64
-    } else if w.unsettled < PACK_UNSETTLED {
+/// What `busy` will be once the worker's unsettled joins show in it, at the cost per
+/// participant its `settled` ones show (with too few of them, the figure as it is).
+fn expected_busy(w: &WorkerLoad, settled: usize) -> f64 {
+    if w.unsettled == 0 || settled < ESTIMATE_FROM {
         w.busy
     } else {
-        f64::INFINITY
+        w.busy * w.participants as f64 / settled as f64
     }
 }
 
-/// One worker's joins within the last [`JOIN_SETTLE`], counted up to [`PACK_UNSETTLED`] (all
-/// that placement asks is whether that many were reached, so memory stays bounded).
+/// One worker's joins within the last [`JOIN_SETTLE`], counted up to [`RECENT_CAP`].
 #[derive(Debug, Default)]
 pub struct RecentJoins {
     at: VecDeque<Instant>,
@@ -80,14 +82,14 @@ pub struct RecentJoins {
 
 impl RecentJoins {
     pub fn record(&mut self, now: Instant) {
-        if self.at.len() >= PACK_UNSETTLED {
+        if self.at.len() >= RECENT_CAP {
             // The newest ones keep the count at the cap for longest.
             self.at.pop_front();
         }
         self.at.push_back(now);
     }
 
-    /// Joins within the last [`JOIN_SETTLE`] before `now`, at most [`PACK_UNSETTLED`].
+    /// Joins within the last [`JOIN_SETTLE`] before `now`, at most [`RECENT_CAP`].
     pub fn count(&mut self, now: Instant) -> usize {
         while self
             .at
@@ -137,14 +139,33 @@ mod tests {
 
     #[test]
     fn unsettled_joins_count_at_the_cost_the_settled_ones_show() {
-        // 40 settled participants keep the worker a fifth busy; 40 more just joined.
-        let mut first = load(80, 0.2);
-        first.unsettled = 40;
+        // 100 settled participants keep the worker 0.3 busy; 60 more just joined: 0.48.
+        let mut first = load(160, 0.3);
+        first.unsettled = 60;
         assert_eq!(choose(&[first, load(0, 0.0)], 0.5), 0);
-        // 120 more would take it to 0.8 once they settle: the next room goes elsewhere.
-        first.participants = 160;
-        first.unsettled = 120;
+        // 80 would take it to 0.54 once they settle: the next room goes elsewhere.
+        first.participants = 180;
+        first.unsettled = 80;
         assert_eq!(choose(&[first, load(0, 0.0)], 0.5), 1);
+    }
+
+    #[test]
+    fn a_worker_takes_at_most_as_many_unsettled_joins_as_it_has_settled_participants() {
+        // A quiet lobby: 8 muted participants cost next to nothing, so the estimate alone
+        // would let any wave of joins in.
+        let mut first = load(8 + 31, 0.001);
+        first.unsettled = 31;
+        assert_eq!(choose(&[first, load(0, 0.0)], 0.5), 0);
+        first.participants = 8 + 32;
+        first.unsettled = 32;
+        assert_eq!(choose(&[first, load(0, 0.0)], 0.5), 1);
+        // A worker with 100 settled participants may take up to 100 more within the window.
+        let mut busy = load(199, 0.1);
+        busy.unsettled = 99;
+        assert_eq!(choose(&[busy, load(0, 0.0)], 0.5), 0);
+        busy.participants = 200;
+        busy.unsettled = 100;
+        assert_eq!(choose(&[busy, load(0, 0.0)], 0.5), 1);
     }
 
     #[test]
@@ -180,11 +201,11 @@ mod tests {
         assert_eq!(recent.count(t0 + JOIN_SETTLE + Duration::from_secs(1)), 0);
 
         let t1 = t0 + Duration::from_secs(10);
-        for _ in 0..(3 * PACK_UNSETTLED) {
+        for _ in 0..(RECENT_CAP + 100) {
             recent.record(t1);
         }
-        assert_eq!(recent.count(t1), PACK_UNSETTLED);
-        assert_eq!(recent.at.len(), PACK_UNSETTLED);
+        assert_eq!(recent.count(t1), RECENT_CAP);
+        assert_eq!(recent.at.len(), RECENT_CAP);
         assert_eq!(recent.count(t1 + JOIN_SETTLE), 0);
     }
 
