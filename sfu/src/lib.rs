@@ -426,20 +426,13 @@ impl MediaNode {
         let mut loads: Vec<placement::WorkerLoad> = self
             .workers
             .iter()
-            .map(|w| {
-                w.stats
-                    .lock()
-                    .map(|s| placement::WorkerLoad {
-                        participants: 0,
-                        unsettled: 0,
-                        busy: s.busy,
-                    })
-                    .unwrap_or_default()
+            .zip(recent.iter_mut())
+            .map(|(w, r)| placement::WorkerLoad {
+                participants: 0,
+                unsettled: r.count(now),
+                busy: w.stats.lock().map_or(0.0, |s| s.busy),
             })
             .collect();
-        for (l, r) in loads.iter_mut().zip(recent.iter_mut()) {
-            l.unsettled = r.count(now);
-        }
         for e in self.placement.iter() {
             if let Some(l) = loads.get_mut(e.0) {
                 l.participants += e.1;
