@@ -8,7 +8,9 @@
 #   PROFILE_WARMUP=20s PROFILE_AFTER=28 loadtest/profile.sh audio-conference --rooms 22 --room-size 8
 #
 # PROFILE_TARGET (moien), PROFILE_WARMUP (6s), PROFILE_AFTER (seconds from the start to the
-# recording, 12), PROFILE_SECONDS (8), PROFILE_OUT (target/profile).
+# recording, 12), PROFILE_SECONDS (8), PROFILE_OUT (target/profile), PROFILE_BIN (the server
+# binary, target/release/moien, built first; another one, such as a copy of an older build, is
+# profiled as it is, for an A/B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 1 ]] || { sed -n '2,12p' "$0"; exit 2; }
@@ -18,17 +20,22 @@ warmup=${PROFILE_WARMUP:-6s}
 after=${PROFILE_AFTER:-12}
 seconds=${PROFILE_SECONDS:-8}
 out=${PROFILE_OUT:-target/profile}
+bin=${PROFILE_BIN:-target/release/moien}
 case $target in
-    moien) pattern='release/moien serve' ;;
+    moien) pattern="$(basename "$bin") serve" ;;
     bare) pattern='moien-loadtest bare-forwarder' ;;
     *) echo "profile.sh: PROFILE_TARGET is moien or bare" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 rm -f "$out/results.json"
-cargo build --release -p moien -p moien-loadtest
+if [[ -z ${PROFILE_BIN:-} ]]; then
+    cargo build --release -p moien -p moien-loadtest
+else
+    cargo build --release -p moien-loadtest
+fi
 # The run lasts past the recording: the window is the recording plus a margin.
 duration=$((seconds + 8))
-target/release/moien-loadtest run "$@" --target "$target" --nice 0 --server-bin target/release/moien \
+target/release/moien-loadtest run "$@" --target "$target" --nice 0 --server-bin "$bin" \
     --duration "${duration}s" --warmup "$warmup" --quiet --out "$out" --results "$out/results.json" &
 run=$!
 trap 'kill $run 2>/dev/null || true' EXIT

@@ -1118,6 +1118,19 @@ pub enum Output {
 
 pub use crate::pacer::PacerReason;
 
+/// What [`Rtc::write_rtp`] did with a packet (a Moien patch).
+#[derive(Debug)]
+pub enum Written {
+    /// `mid` has no send stream: nothing was written.
+    NoStream,
+    /// Queued for the pacer: drain [`Rtc::poll_output`] as after any input.
+    Queued,
+    /// Unpaced, with nothing queued before it: built, protected and handed back to transmit.
+    /// Nothing else changed, so the timeout `poll_output` last gave still stands (a deadline
+    /// this moves, a stream's pause check, only moves later).
+    Sent(net::Transmit),
+}
+
 /// The reason for the next [`Output::Timeout`].
 ///
 /// This enum is not considered stable API and may change in minor revisions.
@@ -1599,23 +1612,46 @@ impl Rtc {
     /// [`Rtc::handle_send`], in a way that lets the next [`Rtc::poll_output`] calls visit only
     /// the media send path instead of the whole tree: a forwarder writes one packet per
     /// subscriber per received packet, and walking ICE, DTLS and SCTP for each costs more
-    /// than building the packet. Returns `false` when `mid` has no send stream.
+    /// than building the packet.
+    ///
+    /// A packet for an unpaced stream (audio) with nothing queued before it skips the pacer
+    /// and the drain: it is built and protected here and returned as [`Written::Sent`].
     pub fn write_rtp(
         &mut self,
         mid: media::Mid,
         write: crate::rtp::RtpWrite,
         now: Instant,
-    ) -> bool {
-        let Some(tx) = self
-            .session
-            .streams
-            .stream_tx_by_midrid(crate::rtp_::MidRid(mid, None))
-        else {
-            return false;
+    ) -> Written {
+        let midrid = crate::rtp_::MidRid(mid, None);
+        // Unpaced RTP (audio) with nothing queued before it is built and protected here, and
+        // handed back, instead of going through the pacer's view and a drain.
+        let may_send = self.state == RtcState::Alive
+            && !self.need_init_time
+            && now >= self.last_now
+            && self.send_addr.is_some()
+            && self.session.may_send_at_once();
+        let Some(tx) = self.session.streams.stream_tx_by_midrid(midrid) else {
+            return Written::NoStream;
         };
+        let at_once = may_send && tx.sends_at_once();
         tx.write_rtp(write);
+        if at_once {
+            tx.timestamp_written(now);
+            self.last_now = now;
+            if let (Some(contents), Some(send)) =
+                (self.session.send_at_once(now, midrid), &self.send_addr)
+            {
+                self.peer_bytes_tx += contents.len() as u64;
+                return Written::Sent(net::Transmit {
+                    proto: send.proto,
+                    source: send.source,
+                    destination: send.destination,
+                    contents,
+                });
+            }
+        }
         self.handle_send(now);
-        true
+        Written::Queued
     }
 
     /// Poll the `Rtc` instance for output. Output can be three things, something to _Transmit_

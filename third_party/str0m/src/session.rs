@@ -34,7 +34,7 @@ use crate::rtp_::SeqNo;
 use crate::rtp_::SeqNoWindow;
 use crate::rtp_::{Bitrate, ExtensionMap, Goodbye, Mid, ReportList, Rtcp, RtcpFb};
 use crate::rtp_::{Dlrr, DlrrItem, ExtendedReport, ReportBlock};
-use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
+use crate::rtp_::{RtpHeader, SessionId, TwccClusterId, TwccPacketId, extend_u16};
 use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
@@ -1284,6 +1284,34 @@ impl Session {
             }
             None => return None,
         };
+        self.build_packet(now, midrid, cluster_id)
+    }
+
+    /// Moien patch: sends the packet just written and timestamped to an unpaced stream with
+    /// an empty queue at once, bypassing the pacer's queue view and decision (audio is not
+    /// paced; the pacer only counts it, which `build_packet` does). A forwarder writes a packet
+    /// per subscriber per received packet, and the two pacer refreshes and the drain around
+    /// each cost more than building it. `None` leaves the packet to the regular path.
+    pub fn send_at_once(&mut self, now: Instant, midrid: MidRid) -> Option<DatagramSend> {
+        if !self.may_send_at_once() {
+            return None;
+        }
+        self.build_packet(now, midrid, None)
+    }
+
+    /// Whether the session lets a packet bypass the pacer ([`Session::send_at_once`]): keys
+    /// are there, and no probe (which times its packets through the pacer) runs.
+    pub fn may_send_at_once(&self) -> bool {
+        !self.rtp_closing && self.srtp_tx.is_some() && self.pacer.active_cluster().is_none()
+    }
+
+    /// Builds, counts and protects the next packet of the send stream of `midrid`.
+    fn build_packet(
+        &mut self,
+        now: Instant,
+        midrid: MidRid,
+        cluster_id: Option<TwccClusterId>,
+    ) -> Option<DatagramSend> {
         let srtp_tx = self.srtp_tx.as_mut()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {

@@ -17,6 +17,7 @@ use crate::layer::Verdict;
 use crate::rewrite::Vp8Fields;
 use crate::room::{SubscriptionId, TrackId};
 use crate::session::SessionId;
+use str0m::Written;
 use str0m::format::Codec;
 
 /// PictureID (with its width) and TL0PICIDX of a parsed VP8 descriptor.
@@ -264,20 +265,28 @@ impl WorkerCore {
                     }
                 }
             }
-            // Sent now, not after a timeout pass, and drained through the media path only
-            // (`Rtc::write_rtp`, our str0m patch).
+            // Sent now, not after a timeout pass: audio straight to SRTP, paced media drained
+            // through the media path only (`Rtc::write_rtp`, our str0m patches).
             let r = catch_unwind(AssertUnwindSafe(|| rtc.write_rtp(mid, write, now)));
             let Ok(written) = r else {
                 out.failed = true;
                 self.failed_pending = true;
                 continue;
             };
-            if !written {
-                continue;
+            match written {
+                Written::NoStream => continue,
+                Written::Sent(t) => {
+                    self.stats.packets_out += 1;
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.transmits.push(t);
+                }
+                Written::Queued => {
+                    self.stats.packets_out += 1;
+                    let out_id = sub.session;
+                    self.drain(out_id, now);
+                }
             }
-            self.stats.packets_out += 1;
-            let out_id = sub.session;
-            self.drain(out_id, now);
         }
         self.scratch = targets;
         // Receive to last send, inside this worker (the clock read is per packet, not per copy).

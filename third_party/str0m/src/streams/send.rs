@@ -1298,6 +1298,24 @@ impl StreamTx {
         self.padding += padding;
     }
 
+    /// Moien patch: a packet written now can be sent at once (`Session::send_at_once`): the
+    /// stream is unpaced (known after its first timeout), and nothing is waiting to be sent
+    /// before it (queued packets, resends, padding).
+    pub(crate) fn sends_at_once(&self) -> bool {
+        self.unpaced == Some(true)
+            && self.kind.is_some()
+            && self.send_queue.is_empty()
+            && self.resends.is_empty()
+            && self.padding == 0
+    }
+
+    /// Moien patch: timestamps what was written since the last timeout pass, as that pass
+    /// would (`Session::send_at_once`).
+    pub(crate) fn timestamp_written(&mut self, now: Instant) {
+        self.queue_changed = true;
+        self.send_queue.handle_timeout(now);
+    }
+
     pub(crate) fn need_timeout(&self) -> bool {
         self.send_queue.need_timeout()
     }
