@@ -1638,9 +1638,10 @@ impl Rtc {
         if at_once {
             tx.timestamp_written(now);
             self.last_now = now;
-            if let (Some(contents), Some(send)) =
-                (self.session.send_at_once(now, midrid), &self.send_addr)
-            {
+            if let (Some(contents), Some(send)) = (
+                self.session.build_packet(now, midrid, None),
+                &self.send_addr,
+            ) {
                 self.peer_bytes_tx += contents.len() as u64;
                 return Written::Sent(net::Transmit {
                     proto: send.proto,

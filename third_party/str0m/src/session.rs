@@ -1287,26 +1287,16 @@ impl Session {
         self.build_packet(now, midrid, cluster_id)
     }
 
-    /// Moien patch: sends the packet just written and timestamped to an unpaced stream with
-    /// an empty queue at once, bypassing the pacer's queue view and decision (audio is not
-    /// paced; the pacer only counts it, which `build_packet` does). A forwarder writes a packet
-    /// per subscriber per received packet, and the two pacer refreshes and the drain around
-    /// each cost more than building it. `None` leaves the packet to the regular path.
-    pub fn send_at_once(&mut self, now: Instant, midrid: MidRid) -> Option<DatagramSend> {
-        if !self.may_send_at_once() {
-            return None;
-        }
-        self.build_packet(now, midrid, None)
-    }
-
-    /// Whether the session lets a packet bypass the pacer ([`Session::send_at_once`]): keys
-    /// are there, and no probe (which times its packets through the pacer) runs.
+    /// Moien patch: whether the session lets a packet bypass the pacer (`Rtc::write_rtp` sends
+    /// unpaced RTP with an empty queue at once through [`Session::build_packet`]): keys are
+    /// there, and no probe (which times its packets through the pacer) runs.
     pub fn may_send_at_once(&self) -> bool {
         !self.rtp_closing && self.srtp_tx.is_some() && self.pacer.active_cluster().is_none()
     }
 
-    /// Builds, counts and protects the next packet of the send stream of `midrid`.
-    fn build_packet(
+    /// Builds, counts (pacer, TWCC register, estimator) and protects the next packet of the
+    /// send stream of `midrid`: the pacer's pick, or (Moien patch) a packet that bypasses it.
+    pub fn build_packet(
         &mut self,
         now: Instant,
         midrid: MidRid,

@@ -1298,7 +1298,7 @@ impl StreamTx {
         self.padding += padding;
     }
 
-    /// Moien patch: a packet written now can be sent at once (`Session::send_at_once`): the
+    /// Moien patch: a packet written now can be sent at once (`Rtc::write_rtp`): the
     /// stream is unpaced (known after its first timeout), and nothing is waiting to be sent
     /// before it (queued packets, resends, padding).
     pub(crate) fn sends_at_once(&self) -> bool {
@@ -1309,10 +1309,10 @@ impl StreamTx {
             && self.padding == 0
     }
 
-    /// Moien patch: timestamps what was written since the last timeout pass, as that pass
-    /// would (`Session::send_at_once`).
+    /// Timestamps what was written since the last timeout pass (Moien patch: split out of
+    /// `handle_timeout` for `Rtc::write_rtp`, which sends unpaced RTP at once).
     pub(crate) fn timestamp_written(&mut self, now: Instant) {
-        self.queue_changed = true;
+        self.queue_changed = true; // Moien patch: see `queue_changed`.
         self.send_queue.handle_timeout(now);
     }
 
@@ -1325,14 +1325,13 @@ impl StreamTx {
         now: Instant,
         get_media: impl FnOnce() -> (&'a Media, &'a CodecConfig),
     ) {
-        self.queue_changed = true; // Moien patch: see `queue_changed`.
         // If kind is None, this is the first time we ever get a handle_timeout.
         if self.kind.is_none() {
             let (media, config) = get_media();
             self.on_first_timeout(media, config);
         }
 
-        self.send_queue.handle_timeout(now);
+        self.timestamp_written(now);
     }
 
     fn on_first_timeout(&mut self, media: &Media, config: &CodecConfig) {
