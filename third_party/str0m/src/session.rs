@@ -50,6 +50,15 @@ const NACK_MIN_INTERVAL: Duration = Duration::from_millis(33);
 /// Delay between reports of TWCC. This is deliberately very low.
 const TWCC_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Moien patch: TWCC feedback within an RTCP budget, libwebrtc's rule (5 % of the received
+/// rate for reports of about 68 bytes with their IP, UDP and SRTCP overhead, every 50 to
+/// 250 ms). A report is due `TWCC_INTERVAL` after the last once the media it acknowledges
+/// reaches 20 times its size, and `TWCC_MAX_INTERVAL` after it otherwise. An audio-only
+/// stream (about 4 kB/s) is then acknowledged 4 times a second instead of 20, while video,
+/// probes and anything from about 220 kbit/s up keep the 50 ms of upstream.
+const TWCC_MAX_INTERVAL: Duration = Duration::from_millis(250);
+const TWCC_BUDGET_BYTES: u64 = 68 * 20;
+
 /// Maximum number of pending RRTR entries before oldest are dropped.
 const MAX_PENDING_RRTRS: usize = 300;
 
@@ -94,6 +103,9 @@ pub(crate) struct Session {
     srtp_tx: Option<SrtpContext>,
     last_nack: Instant,
     last_twcc: Instant,
+    /// Moien patch: bytes of transport-wide sequenced packets received since the last TWCC
+    /// report (`TWCC_BUDGET_BYTES`).
+    twcc_rx_bytes: u64,
     twcc: u64,
     twcc_rx_register: TwccRecvRegister,
     twcc_tx_register: TwccSendRegister,
@@ -201,6 +213,7 @@ impl Session {
             srtp_tx: None,
             last_nack: already_happened(),
             last_twcc: already_happened(),
+            twcc_rx_bytes: 0,
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
             twcc_tx_register: TwccSendRegister::new(1000),
@@ -484,6 +497,7 @@ impl Session {
 
     fn create_twcc_feedback(&mut self, sender_ssrc: Ssrc, now: Instant) -> Option<()> {
         self.last_twcc = now;
+        self.twcc_rx_bytes = 0;
         let mut twcc = self.twcc_rx_register.build_report(self.mtu() - 100)?;
 
         // These SSRC are on media level, but twcc is on session level,
@@ -770,6 +784,8 @@ impl Session {
             let prev = self.twcc_rx_register.max_seq();
             let extended = extend_u16(prev.map(|s| *s), transport_cc);
             self.twcc_rx_register.update_seq(extended.into(), now);
+            // The wire size: a probe's padding counts, so probes are acknowledged quickly.
+            self.twcc_rx_bytes += buf.len() as u64;
         }
 
         // Store largest seen seq_no for the SSRC. This is used in case we get SSRC changes
@@ -1457,7 +1473,12 @@ impl Session {
         // Early RTX padding can create transport receipts before any receive stream exists.
         // Scheduling by pending receipts ensures that padding still receives timely feedback.
         if self.enable_twcc_feedback && self.twcc_rx_register.has_unreported() {
-            Some(self.last_twcc + TWCC_INTERVAL)
+            let interval = if self.twcc_rx_bytes >= TWCC_BUDGET_BYTES {
+                TWCC_INTERVAL
+            } else {
+                TWCC_MAX_INTERVAL
+            };
+            Some(self.last_twcc + interval)
         } else {
             None
         }
