@@ -338,3 +338,66 @@ async fn ten_percent_loss_keeps_video_decoding_and_red_audio_whole() {
     v.leave().await.unwrap();
     node.shutdown().await;
 }
+
+/// Transport-wide congestion feedback to a publisher stays within an RTCP budget (libwebrtc's
+/// rule, str0m patch 10): an audio-only publisher is acknowledged about 4 times a second, a
+/// video publisher every 50 ms as before, so its sender's estimator loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twcc_feedback_within_an_rtcp_budget() {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let audio = control_datagrams_per_second(&node, "budget-audio", false).await;
+    let video = control_datagrams_per_second(&node, "budget-video", true).await;
+    assert!(
+        audio < 11.0,
+        "{audio:.1} RTCP datagrams a second to an audio-only publisher"
+    );
+    assert!(
+        video > 15.0,
+        "{video:.1} RTCP datagrams a second to a video publisher"
+    );
+    node.shutdown().await;
+}
+
+/// What the node sends a lone publisher besides media (its RTCP and connectivity checks: it
+/// forwards nothing), a second, over 4 s of its media after the first 2 s.
+async fn control_datagrams_per_second(node: &moien::Node, room: &str, video: bool) -> f64 {
+    let mut c = ClientConfig::new(ws_url(node), token(room, "alone", true, false));
+    c.publish_video = video;
+    let client = Client::connect(c).await.expect("publisher joins");
+    let totals = || {
+        node.media
+            .as_ref()
+            .unwrap()
+            .snapshots()
+            .iter()
+            .fold((0, 0), |(i, o), s| {
+                (
+                    i + s.stats.packets_in,
+                    o + s.stats.datagrams_out - s.stats.packets_out,
+                )
+            })
+    };
+    // Audio alone is 50 packets a second; video adds more, so the windows are shorter there.
+    let per_second: u64 = if video { 100 } else { 50 };
+    let mut start = totals();
+    let deadline = std::time::Instant::now() + MEDIA_TIMEOUT;
+    while start.0 < 2 * per_second {
+        assert!(std::time::Instant::now() < deadline, "no media from {room}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        start = totals();
+    }
+    let t0 = std::time::Instant::now();
+    let mut end = start;
+    while end.0 < start.0 + 4 * per_second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "media from {room} stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end = totals();
+    }
+    let rate = (end.1 - start.1) as f64 / t0.elapsed().as_secs_f64();
+    client.leave().await.unwrap();
+    rate
+}
