@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles the server during one load-tester run and prints where a forwarded packet's time
-# goes, by stage, in µs per packet (docs/PERFORMANCE.md, "Sixth pass"). Needs `perf`
-# (Debian: linux-perf) and root or perf_event_paranoid <= 1.
+# goes, by stage and by code area, in µs per packet (docs/PERFORMANCE.md, "Sixth pass" and
+# "Eighth pass"). Needs `perf` (Debian: linux-perf) and root or perf_event_paranoid <= 1.
 #
 #   loadtest/profile.sh audio-conference --rooms 4 --room-size 8
 #   PROFILE_TARGET=bare loadtest/profile.sh audio-conference --rooms 4 --room-size 8
@@ -47,3 +47,4 @@ wait $run
 trap - EXIT
 perf script -i "$out/perf.data" -F ip,sym 2>/dev/null > "$out/perf.txt"
 python3 loadtest/tools/perf_stages.py "$out/perf.txt" "$out/results.json"
+python3 loadtest/tools/perf_items.py "$out"
