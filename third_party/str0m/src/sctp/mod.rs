@@ -63,6 +63,11 @@ pub(crate) struct RtcSctp {
     snap_init: Option<SctpInitData>,
     /// Bytes that can be buffered across all streams before `available()` is 0.
     max_buffered_amount: usize,
+    /// Moien patch: something changed since `poll` last came back empty (input, a due
+    /// timer, a write, a stream opened or closed...), so the next `poll` must look. Polling an
+    /// idle association asks it for transmits and walks its queues, and `Rtc::poll_output`
+    /// did that on every call.
+    poll_needed: bool,
     #[cfg(test)]
     max_payload_size: usize,
 }
@@ -322,6 +327,7 @@ impl RtcSctp {
             snap_enabled: false,
             snap_init: None,
             max_buffered_amount: DEFAULT_MAX_BUFFERED_AMOUNT,
+            poll_needed: true,
             #[cfg(test)]
             max_payload_size,
         }
@@ -351,6 +357,7 @@ impl RtcSctp {
         sctp_init_data: Option<SctpInitData>,
         remote_max_message_size: Option<u32>,
     ) -> Result<(), SctpError> {
+        self.poll_needed = true;
         if self.state != RtcSctpState::Uninited {
             return Err(SctpError::Proto(ProtoError::Other(
                 "SCTP already initialized".into(),
@@ -424,11 +431,13 @@ impl RtcSctp {
 
     /// Enable SNAP by pre-populating the init data.
     pub fn enable_snap(&mut self) {
+        self.poll_needed = true;
         self.snap_enabled = true;
         self.snap_init.get_or_insert_with(SctpInitData::new);
     }
 
     pub fn set_max_buffered_amount(&mut self, max_buffered_amount: usize) {
+        self.poll_needed = true;
         self.max_buffered_amount = max_buffered_amount;
     }
 
@@ -440,6 +449,7 @@ impl RtcSctp {
     /// Ensure the local SNAP INIT chunk is generated. Returns `false` if
     /// generation failed (degrades to non-SNAP).
     pub fn ensure_local_snap_init(&mut self) -> bool {
+        self.poll_needed = true;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         if init_data.local_init_chunk().is_err() {
             self.snap_init = None;
@@ -453,6 +463,7 @@ impl RtcSctp {
     ///
     /// This preserves local opt-in for future offers.
     pub fn disable_pending_snap(&mut self) {
+        self.poll_needed = true;
         if !self.is_inited() {
             self.snap_init = None;
         }
@@ -490,6 +501,7 @@ impl RtcSctp {
     /// Set the remote SNAP INIT from a base64 string. Returns `Ok(true)` if
     /// accepted, `Ok(false)` on decode error (degrades to non-SNAP).
     pub fn set_remote_snap_init_string(&mut self, value: &str) -> bool {
+        self.poll_needed = true;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         match init_data.set_remote_init_string(value) {
             Ok(()) => true,
@@ -512,6 +524,7 @@ impl RtcSctp {
 
     /// Opens a new stream.
     pub fn open_stream(&mut self, id: u16, config: ChannelConfig) {
+        self.poll_needed = true;
         // The channel might already have arrived via SCTP, and if it is negotiated out-of-band
         // we are waiting for the configuration.
         let entry = stream_entry(
@@ -566,6 +579,7 @@ impl RtcSctp {
 
     /// Close stream.
     pub fn close_stream(&mut self, id: u16) {
+        self.poll_needed = true;
         if let Some(entry) = entry_by_id_mut(&mut self.entries, id) {
             entry.do_close = true;
 
@@ -575,6 +589,7 @@ impl RtcSctp {
     }
 
     pub fn close(&mut self) -> Result<(), SctpError> {
+        self.poll_needed = true;
         let Some(assoc) = &mut self.assoc else {
             return Ok(());
         };
@@ -620,6 +635,7 @@ impl RtcSctp {
     }
 
     pub fn write(&mut self, id: u16, binary: bool, buf: &[u8]) -> Result<usize, SctpError> {
+        self.poll_needed = true;
         if self.state != RtcSctpState::Established || self.is_closing() || self.is_closed() {
             return Err(SctpError::WriteBeforeEstablished);
         }
@@ -665,6 +681,7 @@ impl RtcSctp {
     }
 
     pub fn set_buffered_amount_low_threshold(&mut self, id: u16, threshold: usize) {
+        self.poll_needed = true;
         let entry =
             entry_by_id_mut(&mut self.entries, id).expect("stream entry for valid channel id");
 
@@ -673,6 +690,7 @@ impl RtcSctp {
     }
 
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.poll_needed = true;
         trace!("Handle input: {}", data.len());
 
         // TODO, remove Bytes in sctp and just use &[u8].
@@ -726,10 +744,15 @@ impl RtcSctp {
             return;
         };
 
+        // Moien patch: only a due timer of the association gives the next poll work.
+        if assoc.poll_timeout().is_some_and(|t| t <= now) {
+            self.poll_needed = true;
+        }
         assoc.handle_timeout(now);
 
         // propagate events between endpoint and association.
         while let Some(e) = assoc.poll_endpoint_event() {
+            self.poll_needed = true;
             if let Some(ae) = self.endpoint.handle_event(self.handle, e) {
                 assoc.handle_event(ae);
             }
@@ -737,7 +760,19 @@ impl RtcSctp {
     }
 
     pub fn poll(&mut self) -> Option<SctpEvent> {
+        // Moien patch: an association with nothing new since the last empty poll is not
+        // asked again, unless a stream open waits to be retried (`do_poll` retries it).
+        let retrying = self
+            .entries
+            .iter()
+            .any(|e| e.state == StreamEntryState::AwaitOpen && e.open_deadline.is_some());
+        if !self.poll_needed && !retrying {
+            return None;
+        }
         let r = self.do_poll();
+        if r.is_none() {
+            self.poll_needed = false;
+        }
 
         if let Some(r) = &r {
             trace!("Poll {:?}", r);
@@ -1171,6 +1206,7 @@ impl RtcSctp {
     }
 
     pub fn push_back_transmit(&mut self, data: VecDeque<Vec<u8>>) {
+        self.poll_needed = true;
         trace!("Push back transmit: {}", data.len());
         assert!(self.pushed_back_transmit.is_none());
         self.pushed_back_transmit = Some(data);
