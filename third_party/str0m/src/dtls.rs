@@ -36,6 +36,14 @@ pub struct Dtls {
     /// the backend's fragmenter; outgoing records larger than the warn
     /// threshold log a warning.
     mtu: RangeInclusive<usize>,
+
+    /// Moien patch: input, a timeout, a write or a close since `poll_output` last came back
+    /// with the instance's timeout; without one the instance has nothing new to say, and
+    /// `Rtc::poll_output` asked it on every call.
+    poll_needed: bool,
+
+    /// Moien patch: the timeout the instance gave last, repeated while nothing changed.
+    idle_timeout: Instant,
 }
 
 pub(crate) fn is_would_block(error: &DtlsError) -> bool {
@@ -79,6 +87,8 @@ impl Dtls {
             active_state: None,
             pending_packets: VecDeque::new(),
             mtu,
+            poll_needed: true,
+            idle_timeout: now,
         })
     }
 
@@ -94,6 +104,7 @@ impl Dtls {
 
     /// Set whether this instance is active (client) or passive (server).
     pub fn set_active(&mut self, active: bool) {
+        self.poll_needed = true;
         self.active_state = Some(active);
         self.instance.set_active(active)
     }
@@ -132,8 +143,15 @@ impl Dtls {
         if !self.is_inited() {
             return DtlsOutput::Timeout(not_happening());
         }
+        if !self.poll_needed {
+            return DtlsOutput::Timeout(self.idle_timeout);
+        }
 
         let next = self.instance.poll_output(buf);
+        if let DtlsOutput::Timeout(t) = &next {
+            self.idle_timeout = *t;
+            self.poll_needed = false;
+        }
 
         if let DtlsOutput::Packet(packet) = next {
             if packet.len() > self.mtu_warn() {
@@ -158,6 +176,7 @@ impl Dtls {
             debug!("Ignoring DTLS datagram prior to DTLS start");
             return Ok(());
         }
+        self.poll_needed = true;
 
         self.instance
             .handle_packet(packet)
@@ -177,6 +196,7 @@ impl Dtls {
         if !self.is_inited() {
             return Err(make_handshake_pending_err());
         }
+        self.poll_needed = true;
 
         let accepted = self.instance.send_application_data(data).map_err(|e| {
             DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e)))
@@ -194,6 +214,7 @@ impl Dtls {
         if !self.is_inited() {
             return Ok(());
         }
+        self.poll_needed = true;
 
         self.instance
             .handle_timeout(now)
@@ -202,6 +223,7 @@ impl Dtls {
 
     /// Initiate graceful shutdown by sending a close_notify alert.
     pub fn close(&mut self) -> Result<(), DtlsError> {
+        self.poll_needed = true;
         self.instance
             .close()
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
