@@ -2,7 +2,7 @@
 //! Subscription (one track delivered to one participant). The worker owns all of them; the
 //! behaviour lives in `worker::core`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 use moien_protocol::{ParticipantInfo, TrackInfo, TrackKind, TrackSource};
@@ -214,7 +214,7 @@ impl Subscription {
 
 pub(crate) fn participant_info(
     p: &Participant,
-    tracks: &HashMap<TrackId, Track>,
+    tracks: &FxHashMap<TrackId, Track>,
 ) -> ParticipantInfo {
     ParticipantInfo {
         sid: p.sid.clone(),

@@ -3,6 +3,7 @@
 //! Sessions are built off the packet path (an `Rtc` costs about a millisecond of CPU to
 //! construct) by [`RtcFactory`] and handed to the worker that owns the room.
 
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -172,11 +173,11 @@ pub(crate) struct Session {
     /// m-lines whose subscriptions ended and that the next offer stops.
     pub to_stop: Vec<Mid>,
     /// Publisher sessions: mid → track id.
-    pub recv_tracks: HashMap<Mid, u64>,
+    pub recv_tracks: FxHashMap<Mid, u64>,
     /// Publisher sessions: SSRC → (track id, layer) cache (str0m reports packets by SSRC).
-    pub ssrc_tracks: HashMap<Ssrc, (u64, usize)>,
+    pub ssrc_tracks: FxHashMap<Ssrc, (u64, usize)>,
     /// Sending sessions: mid → subscription id.
-    pub send_subs: HashMap<Mid, u64>,
+    pub send_subs: FxHashMap<Mid, u64>,
     /// WHEP sessions: the client's recvonly m-lines in offer order.
     pub whep_slots: Vec<(Mid, moien_protocol::TrackKind)>,
     /// Set when str0m returned an error or panicked: the session is removed.
@@ -231,9 +232,9 @@ impl Session {
             channel_added: false,
             channels: Default::default(),
             to_stop: Vec::new(),
-            recv_tracks: HashMap::new(),
-            ssrc_tracks: HashMap::new(),
-            send_subs: HashMap::new(),
+            recv_tracks: FxHashMap::default(),
+            ssrc_tracks: FxHashMap::default(),
+            send_subs: FxHashMap::default(),
             whep_slots: Vec::new(),
             failed: false,
             nack_counts: HashMap::new(),

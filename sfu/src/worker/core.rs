@@ -2,6 +2,7 @@
 //! subscriptions, the demultiplexer and the timer heap. Time and datagrams come in as arguments;
 //! datagrams to send and signaling messages go out. No socket, clock or thread in here.
 
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -109,13 +110,13 @@ pub(crate) struct WorkerCore {
     /// Our addresses as advertised in candidates; `Receive::destination` uses them.
     local_addrs: Vec<SocketAddr>,
     placement: Placement,
-    sessions: HashMap<SessionId, Session>,
+    sessions: FxHashMap<SessionId, Session>,
     demux: Demux,
-    participants: HashMap<ParticipantId, Participant>,
+    participants: FxHashMap<ParticipantId, Participant>,
     by_sid: HashMap<String, ParticipantId>,
     rooms: HashMap<String, Room>,
-    tracks: HashMap<TrackId, Track>,
-    subs: HashMap<SubscriptionId, Subscription>,
+    tracks: FxHashMap<TrackId, Track>,
+    subs: FxHashMap<SubscriptionId, Subscription>,
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Events drained from sessions, handled in order after each mutation.
     events: VecDeque<(SessionId, Event)>,
@@ -152,13 +153,13 @@ impl WorkerCore {
             config,
             local_addrs,
             placement,
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             demux: Demux::default(),
-            participants: HashMap::new(),
+            participants: FxHashMap::default(),
             by_sid: HashMap::new(),
             rooms: HashMap::new(),
-            tracks: HashMap::new(),
-            subs: HashMap::new(),
+            tracks: FxHashMap::default(),
+            subs: FxHashMap::default(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             transmits: Vec::new(),
