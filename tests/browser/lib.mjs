@@ -314,6 +314,7 @@ export async function outboundVideo(page) {
       if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
       out.push({
         mid: s.mid, rid: s.rid ?? '', active: s.active, frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0,
         framesPerSecond: s.framesPerSecond ?? 0, framesEncoded: s.framesEncoded ?? 0,
         scalabilityMode: s.scalabilityMode ?? '', codec: report.get(s.codecId)?.mimeType ?? '',
         qualityLimitationReason: s.qualityLimitationReason ?? '',
