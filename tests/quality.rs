@@ -91,7 +91,10 @@ async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
     let mut mid = viewer(&node, room, "mid", Some(600_000), e2ee).await;
     let mut slow = viewer(&node, room, "slow", Some(150_000), e2ee).await;
 
-    let within = Duration::from_secs(10);
+    // Estimates converge in a few seconds alone; under `make test`'s load on two cores they
+    // took past 10 s once (mid on layer 1), so the bound is wide. Speed is benchmarked, not
+    // tested.
+    let within = Duration::from_secs(20);
     fast.wait_until("fast on layer 2", within, |r| layer_of(r, &ps) == Some(2))
         .await
         .unwrap();
