@@ -230,6 +230,14 @@ mod tests {
         (s, a)
     }
 
+    /// The worker's side: a loopback socket, its address and quinn-udp's state for it.
+    fn sending() -> (UdpSocket, SocketAddr, UdpSocketState) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = socket.local_addr().unwrap();
+        let state = UdpSocketState::new(UdpSockRef::from(&socket)).unwrap();
+        (socket, from, state)
+    }
+
     fn transmit(from: SocketAddr, to: SocketAddr, payload: Vec<u8>) -> Transmit {
         Transmit {
             proto: Protocol::Udp,
@@ -245,9 +253,7 @@ mod tests {
     /// same shape allocates nothing.
     #[test]
     fn a_batch_arrives_whole_and_a_repeated_one_allocates_nothing() {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let from = socket.local_addr().unwrap();
-        let state = UdpSocketState::new(UdpSockRef::from(&socket)).unwrap();
+        let (socket, from, state) = sending();
         let (frame_rx, frame_to) = receiver();
         let (a_rx, a_to) = receiver();
         let (b_rx, b_to) = receiver();
@@ -289,9 +295,7 @@ mod tests {
     /// kept.
     #[test]
     fn a_keyframe_longer_than_one_gso_message_arrives_whole() {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let from = socket.local_addr().unwrap();
-        let state = UdpSocketState::new(UdpSockRef::from(&socket)).unwrap();
+        let (socket, from, state) = sending();
         let (rx, to) = receiver();
         let packet = |i: usize| -> Vec<u8> {
             let mut p = vec![(i % 251) as u8; 1_100];
