@@ -75,6 +75,30 @@ async fn the_loudest_is_announced_first_within_a_second() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_learns_of_a_steady_speaker() {
+    let node = start_node().await;
+    let mut a = audio_only(&node, "steady", "a", 20).await;
+    let asid = a.participant.sid.clone();
+    a.wait_until("a hears itself announced", Duration::from_secs(10), |r| {
+        first_speaker(r).as_deref() == Some(asid.as_str())
+    })
+    .await
+    .unwrap();
+    // a keeps speaking at one level and b stays silent: the ranking never changes again, so
+    // only the announcement made to a newcomer can tell b.
+    let mut b = audio_only(&node, "steady", "b", 127).await;
+    b.wait_until("b told a speaks", Duration::from_secs(5), |r| {
+        first_speaker(r).as_deref() == Some(asid.as_str())
+    })
+    .await
+    .unwrap();
+    for c in [a, b] {
+        c.leave().await.unwrap();
+    }
+    node.shutdown().await;
+}
+
 fn texts(r: &Report) -> Vec<(String, String, bool)> {
     r.data_received
         .iter()

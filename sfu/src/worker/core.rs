@@ -494,6 +494,7 @@ impl WorkerCore {
             self.renegotiate.insert(sub);
         }
         self.subscribe_to_room(now, pid);
+        self.announce_speakers_to(pid);
         Ok(Joined {
             participant: info,
             others,

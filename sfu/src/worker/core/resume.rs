@@ -93,6 +93,7 @@ impl WorkerCore {
                 },
             );
         }
+        self.announce_speakers_to(pid);
         Ok(Joined {
             participant: info,
             others,

@@ -35,24 +35,49 @@ impl WorkerCore {
                     .observe(t, pid, dbov),
             }
         }
-        let mut announce = Vec::new();
-        for (room, detector) in self.speakers.iter_mut() {
-            if let Some(ranking) = detector.update(now) {
-                let speakers: Vec<ActiveSpeaker> = ranking
-                    .iter()
-                    .filter_map(|pid| {
-                        self.participants.get(pid).map(|p| ActiveSpeaker {
-                            participant_sid: p.sid.clone(),
-                            level: (detector.level(*pid) / 70.0).clamp(0.0, 1.0),
-                        })
+        let changed: Vec<String> = self
+            .speakers
+            .iter_mut()
+            .filter_map(|(room, detector)| detector.update(now).map(|_| room.clone()))
+            .collect();
+        for room in changed {
+            let msg = self.speakers_message(&room);
+            self.broadcast(&room, 0, msg);
+        }
+    }
+
+    /// Tells a participant who just joined or resumed who is speaking: announcements go out
+    /// only on change, so without this a newcomer to a room with a steady speaker would wait
+    /// for the next change to learn of it.
+    pub(super) fn announce_speakers_to(&mut self, pid: ParticipantId) {
+        let Some(room) = self.participants.get(&pid).map(|p| p.room.clone()) else {
+            return;
+        };
+        if self
+            .speakers
+            .get(&room)
+            .is_some_and(|d| !d.ranking().is_empty())
+        {
+            let msg = self.speakers_message(&room);
+            self.send_to(pid, msg);
+        }
+    }
+
+    /// `active_speakers` with the room's current ranking, loudest first.
+    fn speakers_message(&self, room: &str) -> ServerMessage {
+        let speakers = self.speakers.get(room).map_or_else(Vec::new, |detector| {
+            detector
+                .ranking()
+                .iter()
+                .filter_map(|pid| {
+                    self.participants.get(pid).map(|p| ActiveSpeaker {
+                        participant_sid: p.sid.clone(),
+                        level: (detector.level(*pid) / 70.0).clamp(0.0, 1.0),
                     })
-                    .collect();
-                announce.push((room.clone(), speakers));
-            }
-        }
-        for (room, speakers) in announce {
-            self.broadcast(&room, 0, ServerMessage::ActiveSpeakers { speakers });
-        }
+                })
+                .collect()
+        });
+        ServerMessage::ActiveSpeakers { speakers }
     }
 
     /// The participant with the floor in `room`, if anybody speaks.
