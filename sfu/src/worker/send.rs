@@ -1,20 +1,21 @@
-//! Sending a worker's datagrams with as few system calls as the kernel allows: runs of
-//! equal-size datagrams to one destination (the packets of a video frame) go out as one UDP GSO
-//! send, and everything else as one `sendmmsg` per batch. The kernel's per-datagram path is
-//! most of what forwarding costs (docs/PERFORMANCE.md), so this is where the time goes.
+//! Sending a worker's datagrams with as few system calls as the kernel allows: everything a
+//! wake-up produced goes out in one `sendmmsg`, in which each run of equal-size datagrams to one
+//! destination (the packets of a video frame) is a single UDP GSO message. The kernel's
+//! per-datagram path is most of what forwarding costs (docs/PERFORMANCE.md), so this is where
+//! the time goes.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
-use quinn_udp::{UdpSockRef, UdpSocketState};
+use quinn_udp::UdpSocketState;
 use socket2::SockAddr;
 use std::net::UdpSocket;
 use str0m::net::Transmit;
 
-/// Most datagrams handed to one `sendmmsg` call.
+/// Most messages handed to one `sendmmsg` call (a GSO message counts once).
 pub(crate) const MMSG_BATCH: usize = 64;
 
-/// Most bytes in one GSO send: the kernel refuses a UDP payload past 64 KiB less the headers
+/// Most bytes in one GSO message: the kernel refuses a UDP payload past 64 KiB less the headers
 /// (EMSGSIZE), so a keyframe's long run to one subscriber is split.
 const GSO_MAX_BYTES: usize = 60_000;
 
@@ -22,17 +23,34 @@ const GSO_MAX_BYTES: usize = 60_000;
 #[derive(Default)]
 pub(crate) struct Sender {
     order: Vec<usize>,
-    gso_buf: Vec<u8>,
-    singles: Vec<usize>,
+    /// One entry per message: a range of `order` and, for a GSO message, its segment size.
+    plan: Vec<Message>,
+    /// Set when the kernel refused a GSO message (a device without segmentation offload says
+    /// so only then, with EIO or EINVAL); every datagram is its own message from then on.
+    gso_refused: bool,
     mmsg: Mmsg,
 }
 
-/// The `sendmmsg` call's arrays. The headers point into `addrs` and `iovs`, so all three are
+#[derive(Clone, Copy)]
+struct Message {
+    start: usize,
+    len: usize,
+    segment: Option<u16>,
+}
+
+/// Control-message room for one `UDP_SEGMENT` (CMSG_SPACE of a u16 is 24 bytes on 64-bit
+/// Linux), aligned like a `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Cmsg([u8; 32]);
+
+/// The `sendmmsg` call's arrays. The headers point into `addrs`, `iovs` and `cmsgs`, so all are
 /// refilled together before each call and never read after it.
 #[derive(Default)]
 struct Mmsg {
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
+    cmsgs: Vec<Cmsg>,
     msgs: Vec<libc::mmsghdr>,
 }
 
@@ -54,12 +72,16 @@ impl Sender {
         if transmits.is_empty() {
             return out;
         }
-        let gso = state.max_gso_segments();
-        self.singles.clear();
+        let gso = if self.gso_refused {
+            1
+        } else {
+            state.max_gso_segments()
+        };
+        self.order.clear();
+        self.order.extend(0..transmits.len());
+        self.plan.clear();
         if gso > 1 && transmits.len() > 1 {
             // Group by destination, keeping each destination's order (a stable sort).
-            self.order.clear();
-            self.order.extend(0..transmits.len());
             self.order.sort_by_key(|&i| transmits[i].destination);
             let mut i = 0;
             while i < self.order.len() {
@@ -78,73 +100,135 @@ impl Sender {
                     bytes += transmits[self.order[j]].contents.len();
                     j += 1;
                 }
-                if j - i >= 2 {
-                    self.gso_buf.clear();
-                    for &k in &self.order[i..j] {
-                        self.gso_buf.extend_from_slice(&transmits[k].contents);
-                    }
-                    let t = quinn_udp::Transmit {
-                        destination: first.destination,
-                        ecn: None,
-                        contents: &self.gso_buf,
-                        segment_size: Some(size),
-                        src_ip: None,
-                    };
-                    out.syscalls += 1;
-                    if state.try_send(UdpSockRef::from(socket), &t).is_err() {
-                        out.errors += (j - i) as u64;
-                    }
+                let segment = u16::try_from(size).ok().filter(|_| j - i >= 2);
+                if segment.is_some() {
+                    self.plan.push(Message {
+                        start: i,
+                        len: j - i,
+                        segment,
+                    });
                 } else {
-                    self.singles.push(self.order[i]);
+                    // Not one GSO message (a lone datagram, or a size past u16): singles.
+                    self.plan.extend((i..j).map(|k| Message {
+                        start: k,
+                        len: 1,
+                        segment: None,
+                    }));
                 }
                 i = j;
             }
         } else {
-            self.singles.extend(0..transmits.len());
+            self.plan.extend((0..transmits.len()).map(|k| Message {
+                start: k,
+                len: 1,
+                segment: None,
+            }));
         }
-        for chunk in self.singles.chunks(MMSG_BATCH) {
-            let (calls, errors) = self.mmsg.send(socket, transmits, chunk);
-            out.syscalls += calls;
-            out.errors += errors;
+        // Messages to send again one by one (empty, so no allocation, unless GSO was refused).
+        let mut refused = Vec::new();
+        for chunk in self.plan.chunks(MMSG_BATCH) {
+            self.mmsg.send(
+                socket,
+                transmits,
+                &self.order,
+                chunk,
+                &mut out,
+                &mut refused,
+            );
+        }
+        if !refused.is_empty() {
+            if !self.gso_refused {
+                tracing::info!("UDP segmentation offload refused by the kernel; sending without");
+            }
+            self.gso_refused = true;
+            let singles: Vec<Message> = refused
+                .iter()
+                .flat_map(|m| {
+                    (m.start..m.start + m.len).map(|k| Message {
+                        start: k,
+                        len: 1,
+                        segment: None,
+                    })
+                })
+                .collect();
+            let mut again = Vec::new();
+            for chunk in singles.chunks(MMSG_BATCH) {
+                self.mmsg
+                    .send(socket, transmits, &self.order, chunk, &mut out, &mut again);
+            }
+            // Single datagrams carry no segment size, so nothing comes back refused.
+            out.errors += again.iter().map(|m| m.len as u64).sum::<u64>();
         }
         out
     }
 }
 
 impl Mmsg {
-    /// One `sendmmsg` for the datagrams `idx` of `transmits` (retrying the rest after a partial
-    /// send); a full socket buffer drops what is left, like a congested link would.
-    fn send(&mut self, socket: &UdpSocket, transmits: &[Transmit], idx: &[usize]) -> (u64, u64) {
+    /// One `sendmmsg` for the messages `plan` (datagrams `order[m.start..m.start + m.len]` of
+    /// `transmits`), retrying the rest after a partial send. A full socket buffer drops the
+    /// head message like a congested link would; a GSO message the kernel refuses goes to
+    /// `refused`, for a resend without GSO.
+    fn send(
+        &mut self,
+        socket: &UdpSocket,
+        transmits: &[Transmit],
+        order: &[usize],
+        plan: &[Message],
+        out: &mut SendOutcome,
+        refused: &mut Vec<Message>,
+    ) {
         self.addrs.clear();
         self.iovs.clear();
+        self.cmsgs.clear();
         self.msgs.clear();
-        self.addrs.extend(
-            idx.iter()
-                .map(|&i| SockAddr::from(transmits[i].destination)),
-        );
-        self.iovs.extend(idx.iter().map(|&i| libc::iovec {
-            iov_base: transmits[i].contents.as_ptr() as *mut libc::c_void,
-            iov_len: transmits[i].contents.len(),
-        }));
-        // Filled after `addrs` and `iovs`, which do not move again until the next call.
-        for (addr, iov) in self.addrs.iter().zip(self.iovs.iter_mut()) {
+        for m in plan {
+            let first = &transmits[order[m.start]];
+            self.addrs.push(SockAddr::from(first.destination));
+            self.iovs.extend(
+                order[m.start..m.start + m.len]
+                    .iter()
+                    .map(|&i| libc::iovec {
+                        iov_base: transmits[i].contents.as_ptr() as *mut libc::c_void,
+                        iov_len: transmits[i].contents.len(),
+                    }),
+            );
+            self.cmsgs.push(Cmsg([0; 32]));
+        }
+        // Filled after `addrs`, `iovs` and `cmsgs`, which do not move again until the next call.
+        let mut iov_at = 0;
+        for (k, m) in plan.iter().enumerate() {
             // SAFETY: an all-zero msghdr is valid; the pointers set below stay alive (addrs,
-            // iovs) until sendmmsg returns.
+            // iovs, cmsgs) until sendmmsg returns.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = addr.len();
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = self.addrs[k].as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = self.addrs[k].len();
+            h.msg_hdr.msg_iov = &mut self.iovs[iov_at];
+            h.msg_hdr.msg_iovlen = m.len;
+            iov_at += m.len;
+            if let Some(size) = m.segment {
+                let c = &mut self.cmsgs[k];
+                h.msg_hdr.msg_control = c.0.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE of a u16 (24) fits the 32 aligned bytes behind
+                // msg_control; CMSG_FIRSTHDR and CMSG_DATA stay inside them.
+                unsafe {
+                    h.msg_hdr.msg_controllen =
+                        libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                    let cm = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*cm).cmsg_level = libc::SOL_UDP;
+                    (*cm).cmsg_type = libc::UDP_SEGMENT;
+                    (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, size);
+                }
+            }
             self.msgs.push(h);
         }
         let msgs = &mut self.msgs;
         let fd = socket.as_raw_fd();
         let mut sent = 0usize;
-        let mut calls = 0u64;
-        let mut errors = 0u64;
         while sent < msgs.len() {
-            calls += 1;
-            // SAFETY: msgs[sent..] point at live iovecs and addresses; the count matches.
+            out.syscalls += 1;
+            // SAFETY: msgs[sent..] point at live iovecs, addresses and control data; the count
+            // matches.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
@@ -158,15 +242,21 @@ impl Mmsg {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                // WouldBlock (buffer full) or a per-destination error (ICMP unreachable
-                // reported on this socket): skip the head datagram and go on with the rest.
+                let head = plan[sent];
                 sent += 1;
-                errors += 1;
+                if head.segment.is_some()
+                    && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+                {
+                    refused.push(head);
+                    continue;
+                }
+                // WouldBlock (buffer full) or a per-destination error (ICMP unreachable
+                // reported on this socket): skip the head message and go on with the rest.
+                out.errors += head.len as u64;
                 continue;
             }
             sent += n as usize;
         }
-        (calls, errors)
     }
 }
 
@@ -177,6 +267,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
+    use quinn_udp::UdpSockRef;
     use str0m::net::Protocol;
 
     use super::*;
@@ -248,9 +339,9 @@ mod tests {
     }
 
     /// A batch as the worker sends it: a video frame's equal-size packets to one subscriber
-    /// (one GSO send where the kernel offers it) and single packets to others (`sendmmsg`).
-    /// Every datagram arrives whole, and once the reused buffers have grown, a batch of the
-    /// same shape allocates nothing.
+    /// (one GSO message where the kernel offers it) and single packets to others, all in one
+    /// `sendmmsg`. Every datagram arrives whole and in order, and once the reused buffers have
+    /// grown, a batch of the same shape allocates nothing.
     #[test]
     fn a_batch_arrives_whole_and_a_repeated_one_allocates_nothing() {
         let (socket, from, state) = sending();
@@ -274,6 +365,7 @@ mod tests {
             let out = sender.send(&socket, &state, &transmits);
             let made = allocations() - before;
             assert_eq!(out.errors, 0);
+            assert_eq!(out.syscalls, 1, "one system call for the whole batch");
             if round > 0 {
                 assert_eq!(made, 0, "round {round}: the send allocated {made} times");
             }
