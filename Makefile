@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn clean
+.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn pgo clean
 
 run: deps-run
 	$(CARGO) build --release --bin moien
@@ -38,6 +38,10 @@ test-browser:
 # Benchmarks: figures and their meaning in docs/PERFORMANCE.md.
 bench: deps-run bench-turn
 	loadtest/bench.sh
+
+# The production build: release, profile-guided by a short loopback load (docs/OPERATIONS.md).
+pgo: deps-run
+	scripts/pgo-build.sh
 
 bench-turn:
 	$(CARGO) build --release -p moien-turn --bin turn-bench

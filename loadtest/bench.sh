@@ -9,10 +9,12 @@
 #   loadtest/bench.sh                      # everything (~13 minutes on 2 cores)
 #   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
 #   BENCH_TARGETS="moien bare" BENCH_RAMP=0 loadtest/bench.sh
+#   BENCH_PGO=0 loadtest/bench.sh          # the plain release build instead of the PGO one
 #
 # Environment: CARGO_TARGET_DIR (default target), BENCH_DURATION (10s), BENCH_WARMUP (4s),
 # BENCH_REPEAT (3), BENCH_TARGETS ("moien janus bare"), BENCH_RAMP (1), BENCH_NICE (0: niceness
-# of the runs).
+# of the runs), BENCH_PGO (1: Moien is the profile-guided build of scripts/pgo-build.sh, the
+# build docs/OPERATIONS.md recommends for production; about 10 more minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ rounds=${BENCH_REPEAT:-3}
 warmup=${BENCH_WARMUP:-4s}
 targets=${BENCH_TARGETS:-moien janus bare}
 ramp=${BENCH_RAMP:-1}
+pgo=${BENCH_PGO:-1}
 nice_level=${BENCH_NICE:-0}
 out=target/bench
 results=$out/results.json
@@ -30,6 +33,11 @@ echo "== building (release)"
 cargo build --release -p moien -p moien-loadtest
 lt="$target_dir/release/moien-loadtest"
 server="$target_dir/release/moien"
+if [[ $pgo == 1 ]]; then
+    echo "== building the profile-guided server (scripts/pgo-build.sh)"
+    scripts/pgo-build.sh
+    server="$target_dir/release/moien-pgo"
+fi
 
 if [[ " $targets " == *" janus "* ]] && ! command -v janus >/dev/null 2>&1; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
