@@ -6,7 +6,7 @@
 # capacity.json; target/bench/results.json gets each scenario and target's median run, and the
 # ratios printed at the end are those of the medians.
 #
-#   loadtest/bench.sh                      # everything (~13 minutes on 2 cores)
+#   loadtest/bench.sh                      # everything (~30 minutes on 2 cores)
 #   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
 #   BENCH_TARGETS="moien bare" BENCH_RAMP=0 loadtest/bench.sh
 #   BENCH_PGO=0 loadtest/bench.sh          # the plain release build instead of the PGO one
