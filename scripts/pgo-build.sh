@@ -3,6 +3,7 @@
 # instrumented build forwards the standard load scenarios on loopback for a short while, and
 # its branch and call counts steer the final build's inlining and code layout.
 # Gain and commands: docs/PERFORMANCE.md, "Tenth pass". Usage: scripts/pgo-build.sh
+# (PGO_TRAIN_SECONDS, default 12: how long each training load runs after its warm-up).
 # Needs the Rust toolchain's llvm-tools (installed here through rustup when missing), because
 # the profile format follows rustc's own LLVM, not the system's.
 set -euo pipefail
