@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn pgo clean
+.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn bench-workers pgo clean
 
 run: deps-run
 	$(CARGO) build --release --bin moien
@@ -42,6 +42,11 @@ bench: deps-run bench-turn
 # The production build: release, profile-guided by a short loopback load (docs/OPERATIONS.md).
 pgo: deps-run
 	scripts/pgo-build.sh
+
+# One media worker against two, each capped to a share of a core (needs root and cgroup v1 cpu).
+bench-workers: deps-run
+	$(CARGO) build --release -p moien -p moien-loadtest
+	loadtest/workers.sh
 
 bench-turn:
 	$(CARGO) build --release -p moien-turn --bin turn-bench
