@@ -9,7 +9,7 @@
 # one, each capped".
 #
 # Usage: loadtest/workers.sh [extra moien-loadtest run arguments]
-#   WORKERS_BIN     server binary (target/release/moien-pgo if built, else target/release/moien)
+#   WORKERS_BIN     server binary (target/release/moien; the ratio does not need the PGO build)
 #   WORKERS_CAP     share of one core per worker (0.15)
 #   WORKERS_REPEAT  rounds of (one worker, two workers) (2)
 #   WORKERS_OUT     folder for the reports (target/bench/workers)
@@ -19,11 +19,7 @@ cap=${WORKERS_CAP:-0.15}
 repeat=${WORKERS_REPEAT:-2}
 out=${WORKERS_OUT:-target/bench/workers}
 loadtest=target/release/moien-loadtest
-bin=${WORKERS_BIN:-}
-if [[ -z $bin ]]; then
-  bin=target/release/moien
-  [[ -x target/release/moien-pgo ]] && bin=target/release/moien-pgo
-fi
+bin=${WORKERS_BIN:-target/release/moien}
 cg=/sys/fs/cgroup/cpu
 period=10000 # µs: a short period keeps a capped worker's pauses short (at most 10 ms)
 
@@ -34,8 +30,8 @@ die() { say "$*"; exit 2; }
   die "build first: cargo build --release -p moien -p moien-loadtest (missing $bin or $loadtest)"
 [[ $(id -u) == 0 ]] || die "needs root, to create CPU cgroups"
 [[ -w $cg/tasks ]] || die "needs the cgroup v1 cpu controller at $cg (per-thread CPU caps)"
-quota=$(python3 -c "import sys; c=float(sys.argv[1]); assert 0.05 <= c <= 1.0; print(int(c*$period))" "$cap") ||
-  die "WORKERS_CAP must be a share of one core between 0.05 and 1"
+quota=$(awk -v c="$cap" -v p=$period 'BEGIN { if (c + 0 == c && c >= 0.05 && c <= 1) print int(c * p) }')
+[[ -n $quota ]] || die "WORKERS_CAP must be a share of one core between 0.05 and 1, not '$cap'"
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "WORKERS_REPEAT must be a positive count"
 
 server=
@@ -87,7 +83,10 @@ for round in $(seq 1 "$repeat"); do
     # Rooms of 4 added one at a time: a step is 4 participants, fine enough for a ratio.
     "$loadtest" run audio-conference --room-size 4 --ramp --ramp-step 1 \
       --step-duration 4s --step-settle 2s --url "$url" --sfu-pid "$server" --quiet \
-      --out "$out/round-$round-$workers" "$@" >"$out/round-$round-$workers.txt"
+      --out "$out/round-$round-$workers" "$@" >"$out/round-$round-$workers.txt" \
+      2>"$out/round-$round-$workers.log" ||
+      die "the load tester failed (status $?): $out/round-$round-$workers.log"
+    say "$(grep -m1 '^ramp:' "$out/round-$round-$workers.txt")"
     cleanup
   done
 done
