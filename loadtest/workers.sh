@@ -49,20 +49,12 @@ rm -rf "$out"/round-*
 
 # Starts the server with $1 workers, every room spread (pack_load 0), and caps each worker;
 # sets $server and $url.
+source scripts/dev-server.sh
 url=
 start() {
-  local workers=$1 log=$out/server-$1.log tids
-  url=
-  MOIEN_MEDIA_PACK_LOAD=0 "$bin" serve --dev --http 127.0.0.1:0 --media-port 0 \
-    --workers "$workers" >"$log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 100); do
-    url=$(sed -n 's#^ *http *\(http://[^ ]*\).*#\1#p' "$log" | head -n1)
-    [[ -n $url ]] && break
-    kill -0 "$server" 2>/dev/null || { cat "$log" >&2; die "the server stopped"; }
-    sleep 0.1
-  done
-  [[ -n $url ]] || die "the server did not start (log: $log)"
+  local workers=$1 tids
+  MOIEN_MEDIA_PACK_LOAD=0 dev_server_start "$bin" "$out/server-$workers.log" \
+    --workers "$workers" || die "the server did not start"
   tids=$(grep -l '^moien-media-' /proc/"$server"/task/*/comm | awk -F/ '{print $5}')
   [[ $(wc -w <<<"$tids") == "$workers" ]] ||
     die "expected $workers media worker threads, found: $tids"

@@ -35,18 +35,11 @@ mkdir -p "$pgo/raw"
 RUSTFLAGS="-Cprofile-generate=$pgo/raw" \
   cargo build --release --bin moien --target-dir "$pgo/gen" >&2
 
-log=$pgo/train-server.log
-"$pgo/gen/release/moien" serve --dev --http 127.0.0.1:0 --media-port 0 >"$log" 2>&1 &
-server=$!
-trap 'kill -TERM $server 2>/dev/null || true' EXIT
-url=
-for _ in $(seq 1 100); do
-  url=$(sed -n 's#^ *http *\(http://[^ ]*\).*#\1#p' "$log" | head -n1)
-  [[ -n $url ]] && break
-  kill -0 $server 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
-[[ -n $url ]] || { say "the instrumented server did not start"; cat "$log" >&2; exit 1; }
+source scripts/dev-server.sh
+server=
+trap '[[ -n $server ]] && kill -TERM $server 2>/dev/null || true' EXIT
+dev_server_start "$pgo/gen/release/moien" "$pgo/train-server.log" ||
+  { say "the instrumented server did not start"; exit 1; }
 
 train() {
   say "training: $*"
