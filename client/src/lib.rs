@@ -35,7 +35,7 @@ use crate::peer::Peer;
 pub use crate::relay::RelayConfig;
 use crate::relay::RelayTarget;
 use crate::shaper::Shaper;
-use crate::speech::{SpeechPattern, SpeechSource};
+use crate::speech::{SpeechRecording, SpeechSource};
 
 /// How a simulated participant behaves.
 #[derive(Debug, Clone)]
@@ -54,8 +54,8 @@ pub struct ClientConfig {
     /// Verify and record every received payload (tests); off for load.
     pub verify: bool,
     /// Speech-like audio (talk spurts, pauses with DTX, real audio levels) instead of the
-    /// continuous tone.
-    pub speech: Option<SpeechPattern>,
+    /// continuous tone, encoded before the call ([`SpeechRecording::encode`]).
+    pub speech: Option<Arc<SpeechRecording>>,
     /// Called for every received RTP packet, from the client's task (load measurement).
     pub on_packet: Option<PacketObserver>,
     /// Pace the published media (str0m's pacer, driven by its bandwidth estimate), as browsers
@@ -894,10 +894,8 @@ impl Driver {
             None
         };
         let subscriber = Peer::new(config.bind_ip, true, relay.as_ref()).await?;
-        let speech = match config.speech {
-            Some(pattern) if config.publish_audio => {
-                Some(SpeechSource::new(pattern).map_err(|e| ClientError::Protocol(e.to_string()))?)
-            }
+        let speech = match &config.speech {
+            Some(recording) if config.publish_audio => Some(SpeechSource::new(recording.clone())),
             _ => None,
         };
         let tone = if config.publish_audio && speech.is_none() {
@@ -1460,12 +1458,12 @@ impl Driver {
         if !p.connected {
             return;
         }
-        let Some(frame) = self.speech.as_mut().and_then(|s| s.next_frame().ok()) else {
+        let Some(frame) = self.speech.as_mut().map(|s| s.next_frame()) else {
             return;
         };
         let ts = track.ts;
         track.ts = track.ts.wrapping_add(OPUS_FRAME as u32);
-        let Some(packet) = frame.payload else {
+        let Some(packet) = frame.payload.clone() else {
             return;
         };
         let h = hash(&packet);

@@ -2,19 +2,23 @@
 //! (two-state on/off model with exponential talk-spurt and pause lengths), encoded with libopus,
 //! DTX while silent, and the RFC 6464 audio level of every frame.
 //!
-//! A source encodes live through a warm-up and three whole talk-and-pause cycles, then replays
-//! those cycles in a loop: encoding was two thirds of the load tester's CPU (72 speakers: 3,600 libopus encodes a second), which
-//! the load tester must leave to the server it measures. What goes on the wire is unchanged:
-//! real Opus packets, their sizes, DTX, levels and talk-spurt markers, one voice per speaker.
+//! A speaker's audio is encoded once, before it joins ([`SpeechRecording::encode`]): a warm-up
+//! and three whole talk-and-pause cycles. A [`SpeechSource`] plays the recording from its start
+//! and then loops the cycles. A real client encodes on its own device; encoding live inside the
+//! load tester fell behind (208 speakers: 10,400 libopus encodes a second, four of this
+//! machine's two cores) and took the CPU it must leave to the server it measures, just while a
+//! burst of participants joined. What goes on the wire is real Opus: the packets, their
+//! sizes, DTX, levels and talk-spurt markers, one voice per speaker.
 
 use std::f32::consts::PI;
+use std::sync::Arc;
 
 use opus::{Application, Channels, Encoder};
 
 use crate::media::{OPUS_FRAME, OPUS_RATE};
 
 /// How a simulated speaker talks.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpeechPattern {
     /// Mean length of a talk spurt and of a pause, milliseconds (exponentially distributed).
     pub mean_talk_ms: u32,
@@ -42,7 +46,7 @@ impl Default for SpeechPattern {
 }
 
 /// One 20 ms frame of a speaker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpeechFrame {
     /// The Opus packet to send, `None` for a DTX frame that is not sent.
     pub payload: Option<Vec<u8>>,
@@ -54,8 +58,73 @@ pub struct SpeechFrame {
     pub marker: bool,
 }
 
-/// Generates and encodes speech-like audio.
+/// A speaker's encoded audio: the frames from the first on, and where the loop starts.
+#[derive(Debug)]
+pub struct SpeechRecording {
+    frames: Vec<SpeechFrame>,
+    loop_start: usize,
+}
+
+impl SpeechRecording {
+    /// Encodes a speaker's warm-up and whole cycles (about 9.5 s of audio, 475 libopus encodes
+    /// with the default pattern).
+    pub fn encode(pattern: SpeechPattern) -> Result<Self, opus::Error> {
+        let mut e = Encoding::new(pattern)?;
+        let mut frames = Vec::new();
+        let mut recorded = 0usize;
+        let mut states_ended = 0u32;
+        let mut recording = false;
+        loop {
+            let frame = e.encode_frame()?;
+            let state_ends = e.frames_left == 0;
+            let voice = frame.voice;
+            frames.push(frame);
+            if !recording {
+                // The loop starts with a talk spurt, after the warm-up.
+                recording = frames.len() as u64 >= WARMUP_FRAMES && state_ends && !voice;
+                continue;
+            }
+            recorded += 1;
+            states_ended += u32::from(state_ends);
+            if states_ended == 2 * LOOP_CYCLES || recorded >= LOOP_MAX_FRAMES {
+                let loop_start = frames.len() - recorded;
+                return Ok(SpeechRecording { frames, loop_start });
+            }
+        }
+    }
+
+    /// Frames before the loop, and in it.
+    pub fn lengths(&self) -> (usize, usize) {
+        (self.loop_start, self.frames.len() - self.loop_start)
+    }
+}
+
+/// Plays a speaker's recording: from its first frame, then its cycles in a loop.
 pub struct SpeechSource {
+    recording: Arc<SpeechRecording>,
+    next: usize,
+}
+
+impl SpeechSource {
+    pub fn new(recording: Arc<SpeechRecording>) -> Self {
+        SpeechSource { recording, next: 0 }
+    }
+
+    /// The next 20 ms frame.
+    pub fn next_frame(&mut self) -> &SpeechFrame {
+        let r = &self.recording;
+        let i = self.next;
+        self.next = if i + 1 >= r.frames.len() {
+            r.loop_start
+        } else {
+            i + 1
+        };
+        &r.frames[i]
+    }
+}
+
+/// The live encoder behind a recording.
+struct Encoding {
     encoder: Encoder,
     pattern: SpeechPattern,
     rng: u64,
@@ -67,39 +136,27 @@ pub struct SpeechSource {
     pcm: Vec<i16>,
     /// The previous frame was not sent (DTX): the next sent one carries the marker.
     gap: bool,
-    /// Frames encoded so far (live), and the recorded cycles with where the source is in them.
-    encoded: u64,
-    recorded: Vec<SpeechFrame>,
-    phase: Phase,
 }
 
-/// Where a source is between encoding live and replaying.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    WarmingUp,
-    Recording { states_ended: u32 },
-    Replaying { next: usize },
-}
-
-/// Frames encoded before the recording may start (2 s): libopus sends every frame of the first
+/// Frames encoded before the loop may start (2 s): libopus sends every frame of the first
 /// pauses while it learns the noise floor, and only then settles into DTX.
 const WARMUP_FRAMES: u64 = 100;
-/// Whole talk-and-pause cycles a source records before it loops (7.5 s with the default
-/// pattern), and the most frames it records if its states are very long (30 s). The recording
-/// starts with a talk spurt that starts after the warm-up and holds a fixed count of cycles, not
-/// "the state under some frame", which would favour long states.
+/// Whole talk-and-pause cycles a recording loops (7.5 s with the default pattern), and the most
+/// frames it loops if its states are very long (30 s). The loop starts with a talk spurt that
+/// starts after the warm-up and holds a fixed count of cycles, not "the state under some
+/// frame", which would favour long states.
 const LOOP_CYCLES: u32 = 3;
 const LOOP_MAX_FRAMES: usize = 1_500;
 
-impl SpeechSource {
-    pub fn new(pattern: SpeechPattern) -> Result<Self, opus::Error> {
+impl Encoding {
+    fn new(pattern: SpeechPattern) -> Result<Self, opus::Error> {
         let mut encoder = Encoder::new(OPUS_RATE, Channels::Mono, Application::Voip)?;
         encoder.set_inband_fec(true)?;
         encoder.set_dtx(pattern.dtx)?;
         encoder.set_bitrate(opus::Bitrate::Bits(32_000))?;
         let mut rng = pattern.seed ^ 0x9e37_79b9_7f4a_7c15;
         let f0 = 100.0 + (xorshift(&mut rng) % 120) as f32;
-        let mut s = SpeechSource {
+        let mut s = Encoding {
             encoder,
             pattern,
             rng,
@@ -109,16 +166,9 @@ impl SpeechSource {
             f0,
             pcm: vec![0; OPUS_FRAME],
             gap: true,
-            encoded: 0,
-            recorded: Vec::new(),
-            phase: Phase::WarmingUp,
         };
         s.frames_left = s.draw_frames();
         Ok(s)
-    }
-
-    pub fn talking(&self) -> bool {
-        self.talking
     }
 
     /// Frames in the next state: exponential with the state's mean, at least one.
@@ -131,39 +181,6 @@ impl SpeechSource {
         let u = (xorshift(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64;
         let ms = -(1.0 - u).max(1e-12).ln() * f64::from(mean_ms);
         ((ms / 20.0).round() as u32).max(1)
-    }
-
-    /// The next 20 ms frame.
-    pub fn next_frame(&mut self) -> Result<SpeechFrame, opus::Error> {
-        if let Phase::Replaying { next } = self.phase {
-            let frame = self.recorded[next].clone();
-            self.phase = Phase::Replaying {
-                next: (next + 1) % self.recorded.len(),
-            };
-            self.talking = frame.voice;
-            return Ok(frame);
-        }
-        let frame = self.encode_frame()?;
-        self.encoded += 1;
-        let state_ends = self.frames_left == 0;
-        match self.phase {
-            // Recording starts with a talk spurt.
-            Phase::WarmingUp if self.encoded >= WARMUP_FRAMES && state_ends && !self.talking => {
-                self.phase = Phase::Recording { states_ended: 0 };
-            }
-            Phase::WarmingUp | Phase::Replaying { .. } => {}
-            Phase::Recording { states_ended } => {
-                self.recorded.push(frame.clone());
-                let states_ended = states_ended + u32::from(state_ends);
-                self.phase =
-                    if states_ended == 2 * LOOP_CYCLES || self.recorded.len() >= LOOP_MAX_FRAMES {
-                        Phase::Replaying { next: 0 }
-                    } else {
-                        Phase::Recording { states_ended }
-                    };
-            }
-        }
-        Ok(frame)
     }
 
     fn encode_frame(&mut self) -> Result<SpeechFrame, opus::Error> {
@@ -234,18 +251,21 @@ mod tests {
         assert_eq!(audio_level(32_768.0 / 10.0), 20);
     }
 
+    fn frames(pattern: SpeechPattern, n: usize) -> Vec<SpeechFrame> {
+        let mut s = SpeechSource::new(Arc::new(SpeechRecording::encode(pattern).unwrap()));
+        (0..n).map(|_| s.next_frame().clone()).collect()
+    }
+
     #[test]
     fn speaker_talks_and_pauses_with_dtx() {
-        let mut s = SpeechSource::new(SpeechPattern {
+        let pattern = SpeechPattern {
             mean_talk_ms: 400,
             mean_pause_ms: 400,
             ..Default::default()
-        })
-        .unwrap();
+        };
         let (mut sent, mut skipped, mut markers) = (0, 0, 0);
         let (mut voiced, mut loud, mut silent, mut quiet) = (0, 0, 0, 0);
-        for _ in 0..500 {
-            let f = s.next_frame().unwrap();
+        for f in frames(pattern, 500) {
             match &f.payload {
                 Some(_) => sent += 1,
                 None => skipped += 1,
@@ -272,42 +292,43 @@ mod tests {
     }
 
     #[test]
-    fn after_a_warm_up_the_source_replays_whole_cycles() {
-        let mut s = SpeechSource::new(SpeechPattern::default()).unwrap();
-        let frames: Vec<SpeechFrame> = (0..3_200).map(|_| s.next_frame().unwrap()).collect();
+    fn after_a_warm_up_the_source_loops_whole_cycles() {
+        let recording = SpeechRecording::encode(SpeechPattern::default()).unwrap();
+        let (live, period) = recording.lengths();
+        assert!(live >= WARMUP_FRAMES as usize && period < LOOP_MAX_FRAMES);
+        let all = recording.frames.clone();
+        let mut s = SpeechSource::new(Arc::new(recording));
+        let played: Vec<SpeechFrame> = (0..3_200).map(|_| s.next_frame().clone()).collect();
+        // The recording plays from its first frame, then repeats its cycles frame for frame.
+        assert_eq!(played[..all.len()], all[..]);
         assert!(
-            matches!(s.phase, Phase::Replaying { .. }),
-            "the source loops"
-        );
-        let live = s.encoded as usize;
-        let period = s.recorded.len();
-        assert!(live >= WARMUP_FRAMES as usize + period && period < LOOP_MAX_FRAMES);
-        let same = |a: &SpeechFrame, b: &SpeechFrame| {
-            (&a.payload, a.level, a.voice, a.marker) == (&b.payload, b.level, b.voice, b.marker)
-        };
-        // The recording is the last live frames, and the replay repeats it frame for frame.
-        assert!(
-            frames[live - period..live]
-                .iter()
-                .zip(&s.recorded)
-                .all(|(a, b)| same(a, b))
-        );
-        assert!(
-            frames[live..]
+            played[live..]
                 .iter()
                 .enumerate()
-                .all(|(i, f)| same(f, &s.recorded[i % period]))
+                .all(|(i, f)| *f == all[live + i % period])
         );
         // Whole cycles: the loop starts with a talk spurt (and its marker) and ends in a pause.
-        let first = &s.recorded[0];
-        assert!(first.voice && first.marker && !frames[live - period - 1].voice);
-        assert!(!s.recorded[period - 1].voice);
-        // Settled DTX: the recorded pauses are mostly not sent.
-        let pauses = s.recorded.iter().filter(|f| !f.voice);
+        let first = &all[live];
+        assert!(first.voice && first.marker && !all[live - 1].voice);
+        assert!(!all[all.len() - 1].voice);
+        // Settled DTX: the looped pauses are mostly not sent.
+        let pauses = all[live..].iter().filter(|f| !f.voice);
         let (sent, quiet) = pauses.fold((0, 0), |(n, q), f| {
             (n + usize::from(f.payload.is_some()), q + 1)
         });
         assert!(sent * 3 < quiet, "{sent} of {quiet} pause frames sent");
+    }
+
+    #[test]
+    fn a_recording_is_the_same_for_the_same_pattern() {
+        let p = SpeechPattern {
+            seed: 7,
+            ..Default::default()
+        };
+        let (a, b) = (frames(p, 600), frames(p, 600));
+        assert_eq!(a, b, "a run is reproducible");
+        let other = frames(SpeechPattern { seed: 8, ..p }, 600);
+        assert_ne!(a, other, "each speaker has a voice of its own");
     }
 
     #[test]
@@ -316,14 +337,13 @@ mod tests {
         // start in.
         let (mut voiced, mut all) = (0usize, 0usize);
         for seed in 1..=40 {
-            let mut s = SpeechSource::new(SpeechPattern {
+            let pattern = SpeechPattern {
                 seed,
                 start_talking: seed % 3 == 0,
                 ..Default::default()
-            })
-            .unwrap();
-            for _ in 0..1_500 {
-                voiced += usize::from(s.next_frame().unwrap().voice);
+            };
+            for f in frames(pattern, 1_500) {
+                voiced += usize::from(f.voice);
                 all += 1;
             }
         }

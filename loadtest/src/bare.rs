@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::scenario::{Group, Member};
 use crate::stats::{Kind, Packet, Recorder};
+use crate::voices::voice;
 
 const HELLO: u8 = 1;
 const MEDIA: u8 = 2;
@@ -446,7 +447,7 @@ async fn hello(socket: &UdpSocket, id: u32, room: u32, m: &Member) -> anyhow::Re
 async fn participant(socket: UdpSocket, id: u32, m: Member, recorder: Option<Arc<Recorder>>) {
     let key = key_for(id);
     let mut speech = if m.publish_audio {
-        SpeechSource::new(m.speech).ok()
+        voice(m.speech).ok().map(SpeechSource::new)
     } else {
         None
     };
@@ -465,10 +466,10 @@ async fn participant(socket: UdpSocket, id: u32, m: Member, recorder: Option<Arc
     loop {
         tokio::select! {
             _ = audio_tick.tick(), if speech.is_some() => {
-                let Some(frame) = speech.as_mut().and_then(|s| s.next_frame().ok()) else { continue };
+                let Some(frame) = speech.as_mut().map(|s| s.next_frame()) else { continue };
                 let ts = ats;
                 ats = ats.wrapping_add(960);
-                if let Some(p) = frame.payload {
+                if let Some(p) = &frame.payload {
                     let n = p.len().clamp(8, 1_200);
                     payload[..8].copy_from_slice(&unix_micros().to_be_bytes());
                     payload[8..n].fill(0x11);

@@ -11,6 +11,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod stats;
+pub mod voices;
 
 /// Children this tool starts (servers, Janus, the bare forwarder) die with it, even when it is
 /// killed without a chance to clean up.

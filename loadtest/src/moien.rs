@@ -199,7 +199,10 @@ pub fn client_config(
         c.video = v.shape();
     }
     c.simulcast = m.video.is_some() && m.simulcast;
-    c.speech = m.publish_audio.then_some(m.speech);
+    c.speech = m
+        .publish_audio
+        .then(|| crate::voices::voice(m.speech).ok())
+        .flatten();
     c.verify = false;
     c.pace_publisher = pace;
     c.on_packet = recorder.map(observer);

@@ -671,6 +671,19 @@ async fn join_groups(
     run: &mut Run,
     joined: &mut Vec<Joined>,
 ) -> anyhow::Result<()> {
+    let speakers: Vec<_> = groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|m| m.publish_audio)
+        .map(|m| m.speech)
+        .collect();
+    if !speakers.is_empty() {
+        let message = run.progress.message();
+        run.progress
+            .set_message(format!("encoding the audio of {} speakers", speakers.len()));
+        crate::voices::prepare(speakers).await?;
+        run.progress.set_message(message);
+    }
     for g in groups {
         let now = Instant::now();
         let recorders: Vec<Option<Arc<Recorder>>> = g
