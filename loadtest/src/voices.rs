@@ -76,6 +76,7 @@ pub async fn prepare(patterns: impl IntoIterator<Item = SpeechPattern>) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moien_client::speech::SpeechSource;
 
     #[tokio::test]
     async fn prepared_voices_are_shared_and_reproducible() {
@@ -89,11 +90,16 @@ mod tests {
         for p in &patterns {
             let a = voice(*p).unwrap();
             assert!(Arc::ptr_eq(&a, &voice(*p).unwrap()), "prepared once");
-            let fresh = SpeechRecording::encode(*p).unwrap();
+            let fresh = Arc::new(SpeechRecording::encode(*p).unwrap());
             assert_eq!(
                 a.lengths(),
                 fresh.lengths(),
                 "the same audio as a fresh encoding"
+            );
+            let (mut x, mut y) = (SpeechSource::new(a), SpeechSource::new(fresh));
+            assert!(
+                (0..600).all(|_| x.next_frame() == y.next_frame()),
+                "frame for frame"
             );
         }
     }
