@@ -255,7 +255,8 @@ const SFU_FAMILIES: &[Family] = &[
     ),
     family(
         "moien_sfu_forwarding_delay_seconds",
-        "Time from receiving an RTP packet to writing it to a subscriber, inside the SFU",
+        "Time a forwarded datagram spent in the SFU: from the arrival of the packet it copies \
+         (the kernel's receive timestamp) to its hand-off to the kernel",
         HISTOGRAM,
         W,
     ),
@@ -458,7 +459,7 @@ pub fn families(snapshots: &[WorkerSnapshot]) -> Vec<MetricFamily> {
         );
         push(failures);
         push(vec![counter(W, &[w], s.busy_nanos as f64 / 1e9)]);
-        push(vec![histogram(W, &[w], &s.forward_seconds, 1.0)]);
+        push(vec![histogram(W, &[w], &s.forwarding_delay_seconds, 1.0)]);
         push(vec![histogram(W, &[w], &s.rtt_seconds, 1.0)]);
         push(vec![histogram(W, &[w], &s.jitter_seconds, 1.0)]);
         push(vec![histogram(W, &[w], &s.loss_ratio, 1.0)]);

@@ -251,6 +251,17 @@ fn parse_exposition(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
     (types, samples)
 }
 
+/// The sum of the values of every sample named `name` in a text exposition.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The family a sample belongs to (histogram series carry suffixes).
 fn family_of<'a>(types: &'a BTreeMap<String, String>, sample: &str) -> Option<&'a str> {
     if let Some((k, _)) = types.get_key_value(sample) {
@@ -886,6 +897,17 @@ async fn dashboards_and_alerts_query_a_live_node_through_prometheus() {
     ] {
         assert!(node_text.contains(family), "{family} missing");
     }
+    // Every forwarded copy's time inside the node is counted, from the kernel's receive
+    // timestamp to the hand-off: a wrong clock conversion would show as hours, not as the
+    // sub-millisecond of a call this small.
+    let delays = sum_of(&node_text, "moien_sfu_forwarding_delay_seconds_count");
+    let delay_sum = sum_of(&node_text, "moien_sfu_forwarding_delay_seconds_sum");
+    assert!(delays > 0.0, "forwarded copies were timed");
+    let mean = delay_sum / delays;
+    assert!(
+        (0.0..0.25).contains(&mean),
+        "mean forwarding delay {mean} s over {delays} copies"
+    );
     // promtool's own linter on both expositions.
     for text in [&node_text, &probe_text] {
         let mut lint = Command::new(tool("promtool"))

@@ -3,6 +3,7 @@
 //! bare UDP forwarder on the same machine. The binary is a thin CLI over [`runner::run`].
 
 pub mod bare;
+pub mod forwarding_delay;
 pub mod janus;
 pub mod moien;
 pub mod priority;

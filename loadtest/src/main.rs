@@ -139,6 +139,10 @@ struct RunArgs {
     /// Moien: use a running server at this HTTP origin instead of starting one.
     #[arg(long)]
     url: Option<String>,
+    /// Moien with --url: the server's metrics URL (`http://host:9464/metrics`), to report its
+    /// own forwarding delay beside the one-way latency.
+    #[arg(long, requires = "url")]
+    metrics_url: Option<String>,
     /// Moien: API secret of the running server.
     #[arg(
         long,
@@ -252,6 +256,7 @@ async fn run(a: RunArgs) -> anyhow::Result<Outcome> {
                 http: url.trim_end_matches('/').to_string(),
                 secret: a.secret.clone(),
                 pid: a.sfu_pid,
+                metrics: a.metrics_url.clone(),
             },
             None => TargetSpec::MoienSpawn {
                 bin: match &a.server_bin {

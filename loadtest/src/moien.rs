@@ -26,6 +26,8 @@ pub struct MoienTarget {
     pub http: String,
     pub secret: String,
     pub pid: Option<u32>,
+    /// The node's `/metrics`, for its own forwarding delay ([`crate::forwarding_delay`]).
+    pub metrics: Option<String>,
     child: Option<Child>,
 }
 
@@ -81,20 +83,30 @@ impl MoienTarget {
         drop(tx);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
-        let http = loop {
-            let line = tokio::time::timeout_at(deadline, rx.recv()).await;
-            match line {
+        let (mut http, mut metrics) = (None, None);
+        // The banner names the HTTP origin, then the metrics URL, and ends with `media`.
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(l)) => {
-                    if let Some(url) = banner_http(&l) {
-                        break url;
-                    }
-                    if seen.len() < 20 {
+                    if let Some(url) = banner_url(&l, "http") {
+                        http = Some(url);
+                    } else if let Some(url) = banner_url(&l, "metrics") {
+                        metrics = Some(url);
+                    } else if http.is_some() && l.trim_start().starts_with("media") {
+                        break;
+                    } else if seen.len() < 20 {
                         seen.push(l);
+                    }
+                    if http.is_some() && metrics.is_some() {
+                        break;
                     }
                 }
                 Ok(None) => bail!("the server exited before listening: {}", seen.join(" | ")),
                 Err(_) => bail!("the server did not print its address within 20 s"),
             }
+        }
+        let Some(http) = http else {
+            bail!("the server's banner has no http line");
         };
         // Keep draining (bounded channel, excess dropped).
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -102,16 +114,23 @@ impl MoienTarget {
             http,
             secret: DEV_SECRET.into(),
             pid,
+            metrics,
             child: Some(child),
         })
     }
 
     /// A server started by someone else (or in this process, by tests).
-    pub fn external(http: String, secret: String, pid: Option<u32>) -> MoienTarget {
+    pub fn external(
+        http: String,
+        secret: String,
+        pid: Option<u32>,
+        metrics: Option<String>,
+    ) -> MoienTarget {
         MoienTarget {
             http,
             secret,
             pid,
+            metrics,
             child: None,
         }
     }
@@ -236,8 +255,9 @@ pub fn observer(r: Arc<Recorder>) -> PacketObserver {
 }
 
 /// The HTTP origin from the server's banner line (`  http   http://127.0.0.1:7880 ...`).
-pub fn banner_http(line: &str) -> Option<String> {
-    let rest = line.trim_start().strip_prefix("http")?;
+/// The URL on the banner line named `key` (`  metrics  http://127.0.0.1:9464/metrics  ...`).
+pub fn banner_url(line: &str, key: &str) -> Option<String> {
+    let rest = line.trim_start().strip_prefix(key)?;
     if !rest.starts_with(char::is_whitespace) {
         return None;
     }
@@ -258,10 +278,20 @@ mod tests {
     #[test]
     fn reads_the_banner() {
         assert_eq!(
-            banner_http("  http     http://127.0.0.1:40123  (call page, /rtc, WHIP/WHEP)"),
+            banner_url(
+                "  http     http://127.0.0.1:40123  (call page, /rtc, WHIP/WHEP)",
+                "http"
+            ),
             Some("http://127.0.0.1:40123".into())
         );
-        assert_eq!(banner_http("https://x"), None);
-        assert_eq!(banner_http("media    udp 127.0.0.1:5000"), None);
+        assert_eq!(banner_url("https://x", "http"), None);
+        assert_eq!(banner_url("media    udp 127.0.0.1:5000", "http"), None);
+        assert_eq!(
+            banner_url(
+                "  metrics  http://127.0.0.1:9464/metrics  (and /status)",
+                "metrics"
+            ),
+            Some("http://127.0.0.1:9464/metrics".into())
+        );
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::forwarding_delay::ForwardingDelay;
 use crate::runner::RampOptions;
 use crate::scenario::Scenario;
 use crate::stats;
@@ -123,6 +124,8 @@ pub struct RampStep {
     pub streams: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The server's own forwarding delay p99 over the step (Moien's metrics).
+    pub sfu_forwarding_delay_p99_ms: Option<f64>,
     pub rates: RateStats,
     pub within_limits: bool,
 }
@@ -179,6 +182,9 @@ pub struct RunResult {
     pub streams_received: usize,
     pub window_seconds: f64,
     pub rates: RateStats,
+    /// The server's own forwarding delay over the measured window, read from its metrics
+    /// (Moien only): the part of the one-way latency the server adds, measured inside it.
+    pub sfu_forwarding_delay: Option<ForwardingDelay>,
     pub latency: LatencyStats,
     pub jitter_ms: f64,
     pub join: JoinStats,
@@ -222,6 +228,9 @@ pub struct BenchRecord {
     pub video_mbit_per_cpu_second: Option<f64>,
     pub p50_latency_ms: f64,
     pub p99_latency_ms: f64,
+    /// The server's own forwarding delay p99 (Moien only; see [`RunResult`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_forwarding_delay_p99_ms: Option<f64>,
     pub loss_percent: f64,
     pub jitter_ms: f64,
     pub join_p95_ms: f64,
@@ -265,6 +274,7 @@ impl RunResult {
             video_mbit_per_cpu_second: self.rates.video_mbit_per_cpu_second.map(|v| round(v, 2)),
             p50_latency_ms: round(self.latency.p50_ms, 3),
             p99_latency_ms: round(self.latency.p99_ms, 3),
+            sfu_forwarding_delay_p99_ms: self.sfu_forwarding_delay.map(|d| round(d.p99_ms, 3)),
             loss_percent: round(self.rates.loss_percent, 4),
             jitter_ms: round(self.jitter_ms, 3),
             join_p95_ms: round(self.join.p95_ms, 1),
@@ -407,6 +417,16 @@ pub fn text_table(r: &RunResult) -> String {
                 rt.loss_percent, rt.lost_packets, rt.expected_packets
             ),
         ),
+        (
+            "server's own forwarding delay p50/p90/p99",
+            match &r.sfu_forwarding_delay {
+                Some(d) => format!(
+                    "{:.2} / {:.2} / {:.2} ms ({:.2}% within 2 ms, {} copies)",
+                    d.p50_ms, d.p90_ms, d.p99_ms, d.within_2ms_percent, d.copies
+                ),
+                None => "n/a (not exported by this target)".into(),
+            },
+        ),
         ("jitter (mean of streams)", format!("{:.2} ms", r.jitter_ms)),
         (
             "join time p50/p95/max",
@@ -450,13 +470,14 @@ pub fn text_table(r: &RunResult) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:>5} {:>12} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            "  {:>5} {:>12} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
             "step",
             "participants",
             "streams",
             "pkt/s",
             "loss%",
             "p99 ms",
+            "sfu p99",
             "server%",
             "tester%",
             "pkt/cpu-s"
@@ -464,13 +485,14 @@ pub fn text_table(r: &RunResult) -> String {
         for st in &ramp.steps {
             let _ = writeln!(
                 s,
-                "  {:>5} {:>12} {:>8} {:>10.0} {:>8.3} {:>8.2} {:>9} {:>9} {:>9} {}",
+                "  {:>5} {:>12} {:>8} {:>10.0} {:>8.3} {:>8.2} {:>8} {:>9} {:>9} {:>9} {}",
                 st.step,
                 st.participants,
                 st.streams,
                 st.rates.forwarded_packets_per_s,
                 st.rates.loss_percent,
                 st.p99_ms,
+                opt(st.sfu_forwarding_delay_p99_ms, 2),
                 opt(st.rates.sfu_cpu_percent, 0),
                 opt(
                     st.rates
@@ -556,7 +578,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "scenario",
         "mode",
         "target",
@@ -566,6 +588,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         "pkt/cpu-s",
         "Mb/cpu-s",
         "p99 ms",
+        "sfu p99",
         "loss %",
         "join95",
         "KiB/part",
@@ -588,7 +611,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10.0} {:>11} {:>9} {:>8.2} {:>8.3} {:>8.0} {:>9} {:>9}",
+            "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10.0} {:>11} {:>9} {:>8.2} {:>8} {:>8.3} {:>8.0} {:>9} {:>9}",
             r.scenario,
             r.mode,
             r.target,
@@ -598,6 +621,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
             opt(r.packets_per_cpu_second, 0),
             opt(r.mbit_per_cpu_second, 1),
             r.p99_latency_ms,
+            opt(r.sfu_forwarding_delay_p99_ms, 2),
             r.loss_percent,
             r.join_p95_ms,
             opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0),
@@ -882,6 +906,13 @@ mod tests {
                 p99_ms: 1.5,
                 ..Default::default()
             },
+            sfu_forwarding_delay: Some(ForwardingDelay {
+                copies: 9_000,
+                p50_ms: 0.1,
+                p90_ms: 0.6,
+                p99_ms: 1.7,
+                within_2ms_percent: 99.4,
+            }),
             jitter_ms: 0.3,
             join: JoinStats::from_samples(&[100.0, 200.0]),
             subscriber_kbps: Spread::of(&[10.0, 30.0]),
@@ -955,11 +986,18 @@ mod tests {
         let t = text_table(&r);
         assert!(t.contains("packets per server CPU-second"));
         assert!(t.contains("20000"));
+        assert!(
+            t.contains("0.10 / 0.60 / 1.70 ms (99.40% within 2 ms, 9000 copies)"),
+            "{t}"
+        );
+        assert_eq!(r.bench_record().sfu_forwarding_delay_p99_ms, Some(1.7));
         let mut j = r.bench_record();
         j.target = "janus".into();
         j.packets_per_cpu_second = Some(8_000.0);
+        j.sfu_forwarding_delay_p99_ms = None;
         let c = comparison(&[r.bench_record(), j]);
         assert!(c.contains("2.50x"), "{c}");
+        assert!(c.contains("sfu p99") && c.contains("1.70"), "{c}");
     }
 
     #[test]

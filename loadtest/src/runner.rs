@@ -13,6 +13,7 @@ use moien_client::Client;
 use serde::Serialize;
 
 use crate::bare::BareTarget;
+use crate::forwarding_delay::{self, ForwardingDelay};
 use crate::janus::{JanusMember, JanusTarget};
 use crate::moien::MoienTarget;
 use crate::procstat::{self, ProcSample};
@@ -51,6 +52,8 @@ pub enum TargetSpec {
         http: String,
         secret: String,
         pid: Option<u32>,
+        /// Its `/metrics`, for the server's own forwarding delay.
+        metrics: Option<String>,
     },
     /// Start Janus from this binary with a config generated from `config_dir`.
     Janus { bin: PathBuf, config_dir: PathBuf },
@@ -156,9 +159,17 @@ impl Target {
             TargetSpec::MoienSpawn { bin, workers } => {
                 Target::Moien(MoienTarget::spawn(bin, *workers).await?)
             }
-            TargetSpec::MoienExternal { http, secret, pid } => {
-                Target::Moien(MoienTarget::external(http.clone(), secret.clone(), *pid))
-            }
+            TargetSpec::MoienExternal {
+                http,
+                secret,
+                pid,
+                metrics,
+            } => Target::Moien(MoienTarget::external(
+                http.clone(),
+                secret.clone(),
+                *pid,
+                metrics.clone(),
+            )),
             TargetSpec::Janus { bin, config_dir } => {
                 Target::Janus(JanusTarget::spawn(bin, config_dir).await?)
             }
@@ -171,6 +182,14 @@ impl Target {
             Target::Moien(t) => t.pid,
             Target::Janus(t) => t.pid,
             Target::Bare(t) => t.pid,
+        }
+    }
+
+    /// Where the server's own forwarding delay can be read (Moien only).
+    fn metrics(&self) -> Option<String> {
+        match self {
+            Target::Moien(t) => t.metrics.clone(),
+            Target::Janus(_) | Target::Bare(_) => None,
         }
     }
 
@@ -245,9 +264,18 @@ struct Run {
     participants: usize,
     progress: ProgressBar,
     interrupt: Interrupt,
+    /// The server's `/metrics` and a client to read it at window edges.
+    metrics: Option<(String, reqwest::Client)>,
 }
 
 impl Run {
+    /// The server's forwarding delay histogram now, at a window's edge (not every second:
+    /// each read costs the server a little CPU inside the measured window).
+    async fn forwarding_delay(&self) -> Option<forwarding_delay::Buckets> {
+        let (url, client) = self.metrics.as_ref()?;
+        forwarding_delay::scrape(client, url).await
+    }
+
     fn sample(&mut self, phase: &'static str) -> usize {
         let s = Sample {
             harvest: self.collector.harvest(),
@@ -365,8 +393,17 @@ impl Run {
             loadtester_cpu_seconds: me,
             rss_end: sb.sfu.map(|p| p.rss_bytes),
             anon_end: sb.sfu.map(|p| p.anon_bytes),
+            forwarding_delay: None,
         }
     }
+}
+
+/// The server's forwarding delay between two edges of a window.
+fn delay_between(
+    start: Option<forwarding_delay::Buckets>,
+    end: Option<forwarding_delay::Buckets>,
+) -> Option<ForwardingDelay> {
+    end?.since(&start?).summary()
 }
 
 struct Window {
@@ -377,6 +414,8 @@ struct Window {
     loadtester_cpu_seconds: Option<f64>,
     rss_end: Option<u64>,
     anon_end: Option<u64>,
+    /// The server's own forwarding delay over the window, when it exports it.
+    forwarding_delay: Option<ForwardingDelay>,
 }
 
 impl Window {
@@ -470,6 +509,7 @@ async fn drive(
         participants: 0,
         progress,
         interrupt: interrupt.clone(),
+        metrics: target.metrics().map(|url| (url, reqwest::Client::new())),
     };
     let baseline = run.pid.and_then(procstat::sample);
     run.sample("start");
@@ -518,12 +558,14 @@ async fn drive(
                 stop_reason = "interrupted".into();
                 break;
             }
+            let delay_start = run.forwarding_delay().await;
             let a = run.sample("step");
             if !run.hold(hold, "step", &mut interrupted).await {
                 stop_reason = "interrupted".into();
                 break;
             }
             let b = run.samples.len() - 1;
+            let delay = delay_between(delay_start, run.forwarding_delay().await);
             let w = run.window(a, b);
             let p99 = stats::percentile_ms(&w.latency, 0.99);
             let rates = w.rates();
@@ -534,6 +576,7 @@ async fn drive(
                 streams: Scenario::streams_of(&groups_in),
                 p50_ms: stats::percentile_ms(&w.latency, 0.5),
                 p99_ms: p99,
+                sfu_forwarding_delay_p99_ms: delay.map(|d| d.p99_ms),
                 rates,
                 within_limits: ok,
             });
@@ -603,12 +646,16 @@ async fn drive(
             announce(opts, &run.progress, "warmup");
         }
         if joined_ok && !interrupted && run.hold(opts.warmup, "warmup", &mut interrupted).await {
+            let delay_start = run.forwarding_delay().await;
             let a = run.sample("measure");
             announce(opts, &run.progress, "measuring");
             run.hold(opts.duration, "measure", &mut interrupted).await;
             let b = run.samples.len() - 1;
+            let delay = delay_between(delay_start, run.forwarding_delay().await);
             if b > a {
-                measured = Some(run.window(a, b));
+                let mut w = run.window(a, b);
+                w.forwarding_delay = delay;
+                measured = Some(w);
             }
         }
         if let Some(w) = measured {
@@ -789,6 +836,7 @@ fn finish(
         streams_received: receivers.iter().map(|r| r.streams).sum(),
         window_seconds: secs,
         rates: w.map(Window::rates).unwrap_or_default(),
+        sfu_forwarding_delay: w.and_then(|w| w.forwarding_delay),
         latency: LatencyStats::from_histogram(&latency),
         jitter_ms: mean(
             receivers

@@ -65,6 +65,7 @@ async fn smoke(scenario: Scenario, ramp: Option<RampOptions>) -> (RunResult, Val
             http: format!("http://{}", node.http),
             secret: SECRET.into(),
             pid: Some(std::process::id()),
+            metrics: Some(format!("http://{}/metrics", node.metrics_addr)),
         },
         warmup: WARMUP,
         duration: DURATION,
@@ -180,6 +181,38 @@ fn assert_sane(r: &RunResult, json: &Value, e: &Expect) {
         r.subscriber_kbps
     );
     assert!(!r.timeline.is_empty(), "{name}: a timeline");
+
+    // The server's own forwarding delay, read from its metrics at the window's edges: about
+    // one timed copy per packet the receivers got in the window (the edges are read a moment
+    // apart from the receivers' counts, and the worker publishes its counts every 250 ms).
+    if let Some(ramp) = &r.ramp {
+        assert!(
+            ramp.steps
+                .iter()
+                .all(|s| s.sfu_forwarding_delay_p99_ms.is_some_and(|p| p > 0.0)),
+            "{name}: the server's delay per ramp step: {:?}",
+            ramp.steps
+        );
+    } else {
+        let d = r
+            .sfu_forwarding_delay
+            .unwrap_or_else(|| panic!("{name}: the server's forwarding delay was read"));
+        let ratio = d.copies as f64 / rates.forwarded_packets.max(1) as f64;
+        assert!(
+            (0.3..2.0).contains(&ratio),
+            "{name}: {} copies timed by the server for {} packets received",
+            d.copies,
+            rates.forwarded_packets
+        );
+        assert!(
+            0.0 < d.p50_ms && d.p50_ms <= d.p90_ms && d.p90_ms <= d.p99_ms && d.p99_ms < 100.0,
+            "{name}: {d:?}"
+        );
+        assert!(
+            json["sfu_forwarding_delay"]["p99_ms"].as_f64() == Some(d.p99_ms),
+            "{name}: the JSON report carries it"
+        );
+    }
 
     // The record scripts and dashboards read.
     let record = serde_json::to_value(r.bench_record()).expect("serializes");

@@ -40,6 +40,9 @@ use crate::session::{
 };
 use crate::stats::WorkerStats;
 
+/// A signaling message and the place reserved for it in its participant's queue.
+pub(crate) type Signal = (tokio::sync::mpsc::OwnedPermit<ServerMessage>, ServerMessage);
+
 mod admin;
 mod allocation;
 mod data;
@@ -121,6 +124,9 @@ pub(crate) struct WorkerCore {
     /// Events drained from sessions, handled in order after each mutation.
     events: VecDeque<(SessionId, Event)>,
     transmits: Vec<Transmit>,
+    /// Signaling messages with room reserved in their participant's queue, for the I/O shell
+    /// to deliver off this thread ([`WorkerCore::take_signals`]).
+    signals: Vec<Signal>,
     /// Subscriber sessions that need a new offer once the current operation is done.
     renegotiate: HashSet<SessionId>,
     /// Participants to remove once the current operation is done (found mid-operation).
@@ -163,6 +169,7 @@ impl WorkerCore {
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             transmits: Vec::new(),
+            signals: Vec::new(),
             renegotiate: HashSet::new(),
             removals: Vec::new(),
             scratch: Vec::new(),
@@ -175,6 +182,12 @@ impl WorkerCore {
             next_housekeeping: None,
             stats: WorkerStats::default(),
         }
+    }
+
+    /// Signaling messages produced since the last call, in order, each with its place in its
+    /// participant's queue already reserved: sending one cannot fail or block.
+    pub fn take_signals(&mut self) -> Vec<Signal> {
+        std::mem::take(&mut self.signals)
     }
 
     /// Datagrams to send; the I/O shell sends them, then clears them.
@@ -1346,8 +1359,12 @@ impl WorkerCore {
         let Some(tx) = &p.events else {
             return;
         };
-        match tx.try_send(msg) {
-            Ok(()) => {}
+        // Only the room in the queue is taken here. Sending wakes the participant's signaling
+        // task, which costs this thread microseconds a message (a futex, at times a preemption):
+        // an active-speaker change alone is a message to every member of a room, and packets
+        // wait while the worker is busy. The shell delivers from another thread.
+        match tx.clone().try_reserve_owned() {
+            Ok(permit) => self.signals.push((permit, msg)),
             Err(TrySendError::Full(_)) => {
                 warn!(participant = %p.sid, "signaling queue full; removing participant");
                 p.events = None;

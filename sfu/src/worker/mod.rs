@@ -6,9 +6,11 @@
 //! worker, so forwarding inside a room takes no lock.
 
 pub(crate) mod core;
+mod deliver;
+mod recv;
 mod send;
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use std::os::fd::AsRawFd;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use quinn_udp::{UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -27,10 +29,6 @@ use self::core::{Command, Placement, WorkerCore};
 use crate::config::MediaConfig;
 use crate::stats::WorkerStats;
 
-/// Datagram buffers per receive call.
-const RECV_BATCH: usize = 32;
-/// Size of one receive buffer: room for a GRO train of full-size datagrams.
-const RECV_BUF: usize = 64 * 1024;
 /// Kernel socket buffers: bursts of keyframes to many subscribers must not overflow them.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Commands queued to a worker before senders wait.
@@ -103,7 +101,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             let _waker = own_waker;
             let core = WorkerCore::new(index, config, adv, placement, Some(node_events));
-            if let Err(e) = run(core, socket, poll, rx, shared) {
+            if let Err(e) = run(index, core, socket, poll, rx, shared) {
                 error!("media worker {index} stopped: {e}");
             }
         })?;
@@ -168,6 +166,7 @@ const BUSY_SMOOTHING: f64 = 0.4;
 /// runtime's eventfd whenever the deadline moved earlier (hundreds of times a second, each
 /// costing a spurious wake-up), and the worker has nothing else to run.
 fn run(
+    index: usize,
     mut core: WorkerCore,
     socket: StdUdpSocket,
     mut poll: Poll,
@@ -175,16 +174,24 @@ fn run(
     shared: Arc<Mutex<WorkerSnapshot>>,
 ) -> io::Result<()> {
     let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+    let delivery = deliver::Delivery::start(index)?;
+    if let Err(e) = recv::enable_timestamps(&socket) {
+        warn!("media socket: no receive timestamps ({e}); forwarding delays start at the read");
+    }
     let fd = socket.as_raw_fd();
     poll.registry()
         .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
     let mut events = Events::with_capacity(4);
-    let mut bufs: [Vec<u8>; RECV_BATCH] = std::array::from_fn(|_| vec![0u8; RECV_BUF]);
-    let mut metas = vec![RecvMeta::default(); RECV_BATCH];
+    let mut io = Io {
+        socket,
+        state,
+        receiver: recv::Receiver::default(),
+        sender: send::Sender::default(),
+        caused: Vec::new(),
+    };
     let mut next_snapshot = Instant::now();
     let mut last_snapshot = (next_snapshot, 0u64);
     let mut busy = 0.0f64;
-    let mut sender = send::Sender::default();
     // The socket is edge-triggered: after a wake-up it is read until it would block, and this
     // stays set while a read stopped early (to let commands and timers in).
     let mut readable = true;
@@ -215,25 +222,23 @@ fn run(
                 match commands.try_recv() {
                     Ok(cmd) => core.handle_command(Instant::now(), cmd),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return Ok(()),
+                    Err(TryRecvError::Disconnected) => {
+                        delivery.deliver(core.take_signals());
+                        return Ok(());
+                    }
                 }
             }
         }
         if readable {
-            readable = receive_batch(
-                &mut core,
-                &socket,
-                &state,
-                &mut bufs,
-                &mut metas,
-                &mut sender,
-            );
+            readable = receive_batch(&mut core, &mut io);
         }
         let now = Instant::now();
         if core.next_deadline().is_some_and(|d| d <= now) {
             core.handle_timeout(now);
         }
-        send_all(&mut core, &socket, &state, &mut sender);
+        send_all(&mut core, &mut io);
+        // Signaling after media: what this wake-up forwarded has left already.
+        delivery.deliver(core.take_signals());
         let now = Instant::now();
         core.stats.busy_nanos += now.saturating_duration_since(woke).as_nanos() as u64;
         if now >= next_snapshot {
@@ -254,21 +259,24 @@ fn run(
     }
 }
 
+/// The worker's socket and what reading and writing it keeps between calls.
+struct Io {
+    socket: StdUdpSocket,
+    state: UdpSocketState,
+    receiver: recv::Receiver,
+    sender: send::Sender,
+    /// Datagrams the core produced in answer to received ones, in runs: how many, and when
+    /// the datagram that caused them arrived. The forwarding delay of each is counted when
+    /// it has been handed to the kernel.
+    caused: Vec<(u64, Instant)>,
+}
+
 /// Reads datagram batches into the core; returns whether the socket may hold more (the read
 /// stopped at its per-wake-up budget rather than at an empty socket).
-fn receive_batch(
-    core: &mut WorkerCore,
-    socket: &StdUdpSocket,
-    state: &UdpSocketState,
-    bufs: &mut [Vec<u8>; RECV_BATCH],
-    metas: &mut [RecvMeta],
-    sender: &mut send::Sender,
-) -> bool {
+fn receive_batch(core: &mut WorkerCore, io: &mut Io) -> bool {
     // A few batches per wake-up keep latency low without starving commands and timers.
     for _ in 0..4 {
-        // On the stack: a read allocates nothing.
-        let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
-        let n = match state.recv(UdpSockRef::from(socket), &mut slices, metas) {
+        let n = match io.receiver.recv(&io.socket) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -280,25 +288,28 @@ fn receive_batch(
             }
         };
         let now = Instant::now();
-        for (meta, slice) in metas.iter().zip(slices.iter()).take(n) {
-            let data = &slice[..meta.len.min(slice.len())];
-            let stride = meta.stride.max(1);
-            for datagram in data.chunks(stride) {
+        for (meta, data) in io.receiver.messages() {
+            let before = core.transmits().len();
+            for datagram in data.chunks(meta.stride.max(1)) {
                 core.handle_datagram(now, meta.addr, datagram);
+            }
+            let caused = core.transmits().len().saturating_sub(before) as u64;
+            if caused > 0 {
+                io.caused.push((caused, meta.arrival.unwrap_or(now)));
             }
             // A full `sendmmsg` worth goes out at once: holding it until the batch ends
             // saves no system call and makes the first packets wait for the last ones'
             // processing (a batch of 32 audio packets in rooms of 8 is 224 copies).
             if core.transmits().len() >= send::MMSG_BATCH {
-                send_all(core, socket, state, sender);
+                flush(core, &io.socket, &io.state, &mut io.sender, &mut io.caused);
             }
         }
         // Keep the send side moving during long receive runs.
-        send_all(core, socket, state, sender);
+        send_all(core, io);
         // A short batch emptied the socket. Anything arriving later raises a new edge (the
         // kernel signals every datagram queued), so the read that would only say "empty" is
         // skipped: one system call less per wake-up.
-        if n < bufs.len() {
+        if n < recv::RECV_BATCH {
             return false;
         }
     }
@@ -307,11 +318,16 @@ fn receive_batch(
 
 /// Sends everything the core produced. UDP sends do not block in practice; a full buffer drops
 /// the datagram like the network would, and congestion control reacts.
-fn send_all(
+fn send_all(core: &mut WorkerCore, io: &mut Io) {
+    flush(core, &io.socket, &io.state, &mut io.sender, &mut io.caused);
+}
+
+fn flush(
     core: &mut WorkerCore,
     socket: &StdUdpSocket,
     state: &UdpSocketState,
     sender: &mut send::Sender,
+    caused: &mut Vec<(u64, Instant)>,
 ) {
     let outcome = {
         let transmits = core.transmits();
@@ -320,4 +336,11 @@ fn send_all(
     core.clear_transmits();
     core.stats.send_errors += outcome.errors;
     core.stats.send_syscalls += outcome.syscalls;
+    if !caused.is_empty() {
+        let sent = Instant::now();
+        for (n, arrival) in caused.drain(..) {
+            let delay = sent.saturating_duration_since(arrival).as_secs_f64();
+            core.stats.forwarding_delay_seconds.observe_n(delay, n);
+        }
+    }
 }

@@ -289,9 +289,6 @@ impl WorkerCore {
             }
         }
         self.scratch = targets;
-        // Receive to last send, inside this worker (the clock read is per packet, not per copy).
-        let spent = Instant::now().saturating_duration_since(pkt.timestamp);
-        self.stats.forward_seconds.observe(spent.as_secs_f64());
     }
 
     /// A subscription needs a keyframe of the layer it waits for (or receives).
