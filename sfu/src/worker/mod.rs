@@ -182,10 +182,10 @@ fn run(
     poll.registry()
         .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
     let mut events = Events::with_capacity(4);
+    let mut receiver = recv::Receiver::default();
     let mut io = Io {
         socket,
         state,
-        receiver: recv::Receiver::default(),
         sender: send::Sender::default(),
         caused: Vec::new(),
     };
@@ -230,7 +230,7 @@ fn run(
             }
         }
         if readable {
-            readable = receive_batch(&mut core, &mut io);
+            readable = receive_batch(&mut core, &mut receiver, &mut io);
         }
         let now = Instant::now();
         if core.next_deadline().is_some_and(|d| d <= now) {
@@ -259,11 +259,10 @@ fn run(
     }
 }
 
-/// The worker's socket and what reading and writing it keeps between calls.
+/// The worker's socket and what sending on it keeps between calls.
 struct Io {
     socket: StdUdpSocket,
     state: UdpSocketState,
-    receiver: recv::Receiver,
     sender: send::Sender,
     /// Datagrams the core produced in answer to received ones, in runs: how many, and when
     /// the datagram that caused them arrived. The forwarding delay of each is counted when
@@ -273,10 +272,10 @@ struct Io {
 
 /// Reads datagram batches into the core; returns whether the socket may hold more (the read
 /// stopped at its per-wake-up budget rather than at an empty socket).
-fn receive_batch(core: &mut WorkerCore, io: &mut Io) -> bool {
+fn receive_batch(core: &mut WorkerCore, receiver: &mut recv::Receiver, io: &mut Io) -> bool {
     // A few batches per wake-up keep latency low without starving commands and timers.
     for _ in 0..4 {
-        let n = match io.receiver.recv(&io.socket) {
+        let n = match receiver.recv(&io.socket) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -288,7 +287,7 @@ fn receive_batch(core: &mut WorkerCore, io: &mut Io) -> bool {
             }
         };
         let now = Instant::now();
-        for (meta, data) in io.receiver.messages() {
+        for (meta, data) in receiver.messages() {
             let before = core.transmits().len();
             for datagram in data.chunks(meta.stride.max(1)) {
                 core.handle_datagram(now, meta.addr, datagram);
@@ -301,7 +300,7 @@ fn receive_batch(core: &mut WorkerCore, io: &mut Io) -> bool {
             // saves no system call and makes the first packets wait for the last ones'
             // processing (a batch of 32 audio packets in rooms of 8 is 224 copies).
             if core.transmits().len() >= send::MMSG_BATCH {
-                flush(core, &io.socket, &io.state, &mut io.sender, &mut io.caused);
+                send_all(core, io);
             }
         }
         // Keep the send side moving during long receive runs.
@@ -319,26 +318,16 @@ fn receive_batch(core: &mut WorkerCore, io: &mut Io) -> bool {
 /// Sends everything the core produced. UDP sends do not block in practice; a full buffer drops
 /// the datagram like the network would, and congestion control reacts.
 fn send_all(core: &mut WorkerCore, io: &mut Io) {
-    flush(core, &io.socket, &io.state, &mut io.sender, &mut io.caused);
-}
-
-fn flush(
-    core: &mut WorkerCore,
-    socket: &StdUdpSocket,
-    state: &UdpSocketState,
-    sender: &mut send::Sender,
-    caused: &mut Vec<(u64, Instant)>,
-) {
     let outcome = {
         let transmits = core.transmits();
-        sender.send(socket, state, transmits)
+        io.sender.send(&io.socket, &io.state, transmits)
     };
     core.clear_transmits();
     core.stats.send_errors += outcome.errors;
     core.stats.send_syscalls += outcome.syscalls;
-    if !caused.is_empty() {
+    if !io.caused.is_empty() {
         let sent = Instant::now();
-        for (n, arrival) in caused.drain(..) {
+        for (n, arrival) in io.caused.drain(..) {
             let delay = sent.saturating_duration_since(arrival).as_secs_f64();
             core.stats.forwarding_delay_seconds.observe_n(delay, n);
         }
