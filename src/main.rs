@@ -13,7 +13,7 @@ use moien_signaling::auth;
 
 mod admin_cli;
 
-/// jemalloc instead of glibc's malloc: 5-6.5 % more forwarded packets per CPU-second, measured
+/// jemalloc instead of glibc's malloc: 2-6.5 % more forwarded packets per CPU-second, measured
 /// side by side (docs/PERFORMANCE.md, "Fourteenth pass"), for about a third more memory per
 /// video participant, still under the 1 MiB goal.
 #[global_allocator]
