@@ -2,8 +2,8 @@
 # Paired A/B of two server builds. Both run at the same time, each under its own load tester
 # with the same scenario, so the machine's drift (15-30 % within an hour on a shared VM, see
 # docs/PERFORMANCE.md, "Fourteenth pass") hits both alike. Run one after the other, the same
-# binary measured 68-90k packets per CPU-second within 20 minutes; run side by side, paired
-# rounds differ by about 1 %.
+# binary measured 68-90k packets per CPU-second within 20 minutes; run side by side, a build
+# against itself gave 0.987-1.016.
 #
 #   loadtest/ab.sh /tmp/moien-before target/release/moien
 #   AB_ROUNDS=5 loadtest/ab.sh A B audio-conference --rooms 12 --room-size 8
@@ -61,16 +61,18 @@ def record(round_, side):
 
 print(f"A = {a}\nB = {b}")
 print(f"{'round':>5} {'A pkt/cpu-s':>12} {'B pkt/cpu-s':>12} {'B/A':>7} {'A sfu p99':>10} {'B sfu p99':>10}")
+
+
+def p99(x):
+    v = x.get("sfu_forwarding_delay_p99_ms")
+    return "-" if v is None else f"{v:.2f} ms"
+
+
 ratios = []
 for r in range(1, rounds + 1):
     ra, rb = record(r, "a"), record(r, "b")
     ratio = rb["packets_per_cpu_second"] / ra["packets_per_cpu_second"]
     ratios.append(ratio)
-
-    def p99(x):
-        v = x.get("sfu_forwarding_delay_p99_ms")
-        return "-" if v is None else f"{v:.2f} ms"
-
     print(f"{r:>5} {ra['packets_per_cpu_second']:>12.0f} {rb['packets_per_cpu_second']:>12.0f} "
           f"{ratio:>7.3f} {p99(ra):>10} {p99(rb):>10}")
 print(f"median B/A {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
