@@ -397,6 +397,13 @@ impl RtcConfig {
         self
     }
 
+    /// Moien patch: whether audio m-lines negotiate transport-wide sequence numbers
+    /// (default: yes). See [`ExtensionMap::set_audio_twcc`].
+    pub fn set_audio_twcc(mut self, enabled: bool) -> Self {
+        self.exts.set_audio_twcc(enabled);
+        self
+    }
+
     /// Set an extension mapping on session level.
     ///
     /// The media level will be capped by the extension enabled on session level.

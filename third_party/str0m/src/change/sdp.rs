@@ -1317,6 +1317,11 @@ fn update_media(
             continue;
         }
 
+        // Moien patch: an audio m-line does not take what the session keeps off audio.
+        if m.typ == MediaType::Audio && !exts.allows_on_audio(in_session) {
+            continue;
+        }
+
         // Use the Extension from session, since there might be a special
         // serializer for cases like VLA.
         remote_extmap.set(id, in_session.clone());

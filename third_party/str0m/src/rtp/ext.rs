@@ -349,8 +349,11 @@ impl Extension {
 // "a=extmap:14 urn:ietf:params:rtp-hdrext:toffset"
 
 /// Mapping between RTP extension id to what extension that is.
+///
+/// Moien patch: the second field says whether audio m-lines negotiate transport-wide
+/// sequence numbers (see [`ExtensionMap::set_audio_twcc`]).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ExtensionMap([Option<MapEntry>; MAX_ID as usize]); // index 0 is extmap:1.
+pub struct ExtensionMap([Option<MapEntry>; MAX_ID as usize], bool); // index 0 is extmap:1.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MapEntry {
@@ -361,7 +364,7 @@ struct MapEntry {
 impl ExtensionMap {
     /// Create an empty map.
     pub fn empty() -> Self {
-        ExtensionMap(std::array::from_fn(|_| None))
+        ExtensionMap(std::array::from_fn(|_| None), true)
     }
 
     /// Creates a map with the "standard" mappings.
@@ -438,11 +441,24 @@ impl ExtensionMap {
     pub fn iter_by_media_type(&self, audio: bool) -> impl Iterator<Item = (u8, &Extension)> + '_ {
         self.iter().filter(move |(_id, ext)| {
             if audio {
-                ext.is_audio()
+                ext.is_audio() && self.allows_on_audio(ext)
             } else {
                 ext.is_video()
             }
         })
+    }
+
+    /// Moien patch: whether audio m-lines offer and accept transport-wide sequence numbers
+    /// (default: yes, as upstream). Off, audio is sent and received without them, as Firefox
+    /// does: no TWCC register entry, feedback or estimator update per audio packet. Video keeps
+    /// them, so the send-side estimate is made from video alone.
+    pub fn set_audio_twcc(&mut self, enabled: bool) {
+        self.1 = enabled;
+    }
+
+    /// Moien patch: whether `ext` may be negotiated on an audio m-line.
+    pub(crate) fn allows_on_audio(&self, ext: &Extension) -> bool {
+        self.1 || *ext != Extension::TransportSequenceNumber
     }
 
     /// Returns an iterator over the audio elements of the extension map
