@@ -88,6 +88,11 @@ impl RtcFactory {
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .set_timer_granularity(Some(TIMER_GRANULARITY))
+            // Audio goes without transport-wide sequence numbers, as Firefox sends it: the
+            // estimate exists to choose video layers, and audio is forwarded whatever it says.
+            // Per forwarded audio copy that saves a TWCC register entry, an estimator update
+            // and the subscriber's feedback about it (docs/PERFORMANCE.md, "Fifteenth pass").
+            .set_audio_twcc(false)
             // Layers of AV1 (and of any encrypted stream) come from this header extension.
             .set_extension(
                 DD_EXTENSION_ID,
@@ -250,7 +255,77 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use str0m::media::{Mid, Rid};
+    use std::time::Instant;
+
+    use str0m::RtcConfig;
+    use str0m::change::SdpOffer;
+    use str0m::media::{Direction, MediaKind, Mid, Rid};
+
+    use super::{RtcFactory, SessionRole};
+
+    const TWCC_URI: &str = "transport-wide-cc";
+
+    /// The `m=` sections of an SDP, each with its media kind.
+    fn sections(sdp: &str) -> Vec<(String, String)> {
+        sdp.split("\r\nm=")
+            .skip(1)
+            .map(|s| (s.split(' ').next().unwrap_or("").to_string(), s.to_string()))
+            .collect()
+    }
+
+    fn twcc_by_kind(sdp: &str) -> Vec<(String, bool)> {
+        sections(sdp)
+            .into_iter()
+            .map(|(kind, body)| (kind, body.contains(TWCC_URI)))
+            .collect()
+    }
+
+    /// What the node offers a subscriber: transport-wide sequence numbers on video only.
+    #[test]
+    fn subscriber_offers_carry_twcc_on_video_only() {
+        let now = Instant::now();
+        let mut session = RtcFactory::new().build(1, SessionRole::Subscriber, &[], now);
+        let mut api = session.rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, _) = api.apply().expect("an offer");
+        assert_eq!(
+            twcc_by_kind(&offer.to_sdp_string()),
+            vec![("audio".to_string(), false), ("video".to_string(), true)]
+        );
+    }
+
+    /// A publisher that offers them on audio too (as Chrome does) is answered without them
+    /// there, so its audio comes without them and no feedback is made for it.
+    #[test]
+    fn publisher_answers_take_twcc_on_video_only() {
+        let now = Instant::now();
+        let mut peer = RtcConfig::new().build(now);
+        let mut api = peer.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        let offer_sdp = offer.to_sdp_string();
+        assert_eq!(
+            twcc_by_kind(&offer_sdp),
+            vec![("audio".to_string(), true), ("video".to_string(), true)]
+        );
+
+        let mut session = RtcFactory::new().build(2, SessionRole::Publisher, &[], now);
+        let offer = SdpOffer::from_sdp_string(&offer_sdp).expect("the offer parses");
+        let answer = session
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .expect("an answer");
+        assert_eq!(
+            twcc_by_kind(&answer.to_sdp_string()),
+            vec![("audio".to_string(), false), ("video".to_string(), true)]
+        );
+        peer.sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the peer takes the answer");
+    }
 
     /// str0m patch 6 (ids built without a `String`) keeps upstream's rules: one byte per char,
     /// ASCII alphanumerics kept, anything else '_', cut at the id's length.
