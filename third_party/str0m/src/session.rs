@@ -1334,6 +1334,15 @@ impl Session {
         // for audio. This is indiciated via the SDP.
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
+        // Moien patch: audio kept off transport-wide sequence numbers (`set_audio_twcc`) is
+        // outside the estimate, which is then made from the rest. It stays outside what the
+        // pacer and the estimator count as sent: counted there, it would take the padding that
+        // the estimate allows, and an estimate held near 1.5x what its feedback acknowledges
+        // could never rise.
+        let outside_estimate = media.kind().is_audio()
+            && !self
+                .exts
+                .allows_on_audio(&Extension::TransportSequenceNumber);
 
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
 
@@ -1353,7 +1362,9 @@ impl Session {
             crate::log_stat!("PACKET_SENT", header.ssrc, payload_size, kind);
         }
 
-        self.pacer.register_send(now, payload_size.into(), midrid);
+        if !outside_estimate {
+            self.pacer.register_send(now, payload_size.into(), midrid);
+        }
 
         if let Some(raw_packets) = &mut self.raw_packets {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
@@ -1372,7 +1383,7 @@ impl Session {
         }
 
         // Update BWE subsystem
-        if let Some(bwe) = self.bwe.as_mut() {
+        if let Some(bwe) = self.bwe.as_mut().filter(|_| !outside_estimate) {
             bwe.on_media_sent(payload_size.into(), is_padding, now);
         }
 
