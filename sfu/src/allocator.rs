@@ -1,7 +1,9 @@
 //! Bandwidth allocation for one subscriber: shares its estimated downlink among its
 //! subscriptions by priority, as a pure function.
 //!
-//! Audio is always allocated (it is cheap and losing it ends the conversation). Video gets, in
+//! Audio is always allocated (it is cheap and losing it ends the conversation), and outside the
+//! budget: audio carries no transport-wide sequence numbers (`session::RtcFactory`), so the
+//! estimate is made from video packets alone and is what the link leaves for video. Video gets, in
 //! priority order (screen share, active speaker, pinned, others), first its lowest layer, then
 //! upgrades; a video subscription whose lowest layer does not fit is paused rather than left to
 //! collapse. The result also says how much the subscriber would like, so the bandwidth estimator
@@ -62,11 +64,11 @@ const TRIAL_PERCENT: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
     pub grants: Vec<(u64, Grant)>,
-    /// Sum of what was granted.
+    /// Sum of what was granted to video (audio is outside the budget).
     pub used_bps: u64,
     /// What the subscriber would use with one more upgrade: worth sustaining (padding) toward.
     pub next_bps: u64,
-    /// What everything at its highest wanted layer would use: the probing ceiling.
+    /// What all video at its highest wanted layer would use: the probing ceiling.
     pub max_bps: u64,
 }
 
@@ -74,8 +76,6 @@ pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
     let mut grants: Vec<(u64, Grant)> = Vec::with_capacity(wants.len());
     let mut used = 0u64;
     for w in wants.iter().filter(|w| w.audio) {
-        let rate = w.layers.first().copied().unwrap_or(0);
-        used += rate;
         grants.push((w.id, Grant::Layer(0)));
     }
     let mut video: Vec<&Want> = wants.iter().filter(|w| !w.audio).collect();
@@ -143,14 +143,7 @@ pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
             break;
         }
     }
-    let max: u64 = wants
-        .iter()
-        .map(|w| match top(w) {
-            Some(t) => w.layers[t],
-            None if w.audio => w.layers.first().copied().unwrap_or(0),
-            None => 0,
-        })
-        .sum();
+    let max: u64 = video.iter().filter_map(|w| top(w).map(|t| w.layers[t])).sum();
     for (i, w) in video.iter().enumerate() {
         grants.push((w.id, chosen[i].map_or(Grant::Paused, Grant::Layer)));
     }
@@ -219,6 +212,19 @@ mod tests {
         assert_eq!(grant(&a, 1), Grant::Layer(0));
         assert_eq!(grant(&a, 2), Grant::Layer(0));
         assert_eq!(grant(&a, 3), Grant::Paused);
+    }
+
+    /// The estimate is made from video alone, so audio, however many tracks, takes none of it.
+    #[test]
+    fn audio_takes_none_of_the_budget() {
+        let wants: Vec<Want> = (1..=6)
+            .map(audio)
+            .chain([video(7, Priority::Other)])
+            .collect();
+        let a = allocate(170_000, &wants);
+        assert_eq!(grant(&a, 7), Grant::Layer(0));
+        assert_eq!(a.used_bps, 150_000);
+        assert_eq!(a.max_bps, 1_500_000);
     }
 
     #[test]
