@@ -397,10 +397,11 @@ impl RtcConfig {
         self
     }
 
-    /// Moien patch: whether audio m-lines negotiate transport-wide sequence numbers
-    /// (default: yes). See [`ExtensionMap::set_audio_twcc`].
-    pub fn set_audio_twcc(mut self, enabled: bool) -> Self {
-        self.exts.set_audio_twcc(enabled);
+    /// Moien patch: whether audio m-lines negotiate the estimator's extensions, transport-wide
+    /// sequence numbers and absolute send time (default: yes). See
+    /// [`ExtensionMap::set_audio_in_estimate`].
+    pub fn set_audio_in_estimate(mut self, enabled: bool) -> Self {
+        self.exts.set_audio_in_estimate(enabled);
         self
     }
 

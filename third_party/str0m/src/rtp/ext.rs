@@ -350,8 +350,8 @@ impl Extension {
 
 /// Mapping between RTP extension id to what extension that is.
 ///
-/// Moien patch: the second field says whether audio m-lines negotiate transport-wide
-/// sequence numbers (see [`ExtensionMap::set_audio_twcc`]).
+/// Moien patch: the second field says whether audio m-lines negotiate the estimator's
+/// extensions (see [`ExtensionMap::set_audio_in_estimate`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExtensionMap([Option<MapEntry>; MAX_ID as usize], bool); // index 0 is extmap:1.
 
@@ -448,17 +448,27 @@ impl ExtensionMap {
         })
     }
 
-    /// Moien patch: whether audio m-lines offer and accept transport-wide sequence numbers
-    /// (default: yes, as upstream). Off, audio is sent and received without them, as Firefox
-    /// does: no TWCC register entry, feedback or estimator update per audio packet. Video keeps
-    /// them, so the send-side estimate is made from video alone.
-    pub fn set_audio_twcc(&mut self, enabled: bool) {
+    /// Moien patch: whether audio m-lines offer and accept the extensions that only feed a
+    /// bandwidth estimator, transport-wide sequence numbers and absolute send time (default:
+    /// yes, as upstream). Off, audio is sent and received without them, as Firefox sends it: no
+    /// TWCC register entry, feedback or estimator update per audio packet. Video keeps them, so
+    /// the send-side estimate is made from video alone.
+    pub fn set_audio_in_estimate(&mut self, enabled: bool) {
         self.1 = enabled;
+    }
+
+    /// Moien patch: whether audio is counted by the bandwidth estimator.
+    pub(crate) fn audio_in_estimate(&self) -> bool {
+        self.1
     }
 
     /// Moien patch: whether `ext` may be negotiated on an audio m-line.
     pub(crate) fn allows_on_audio(&self, ext: &Extension) -> bool {
-        self.1 || *ext != Extension::TransportSequenceNumber
+        self.1
+            || !matches!(
+                ext,
+                Extension::TransportSequenceNumber | Extension::AbsoluteSendTime
+            )
     }
 
     /// Returns an iterator over the audio elements of the extension map
