@@ -143,7 +143,10 @@ pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
             break;
         }
     }
-    let max: u64 = video.iter().filter_map(|w| top(w).map(|t| w.layers[t])).sum();
+    let max: u64 = video
+        .iter()
+        .filter_map(|w| top(w).map(|t| w.layers[t]))
+        .sum();
     for (i, w) in video.iter().enumerate() {
         grants.push((w.id, chosen[i].map_or(Grant::Paused, Grant::Layer)));
     }

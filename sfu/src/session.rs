@@ -88,11 +88,12 @@ impl RtcFactory {
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .set_timer_granularity(Some(TIMER_GRANULARITY))
-            // Audio goes without transport-wide sequence numbers, as Firefox sends it: the
-            // estimate exists to choose video layers, and audio is forwarded whatever it says.
-            // Per forwarded audio copy that saves a TWCC register entry, an estimator update
-            // and the subscriber's feedback about it (docs/PERFORMANCE.md, "Fifteenth pass").
-            .set_audio_twcc(false)
+            // Audio goes without transport-wide sequence numbers and absolute send time, as
+            // Firefox sends it: the estimate exists to choose video layers, and audio is
+            // forwarded whatever it says. Per forwarded audio copy that saves a TWCC register
+            // entry, an estimator update and the subscriber's feedback about it
+            // (docs/PERFORMANCE.md, "Fifteenth pass").
+            .set_audio_in_estimate(false)
             // Layers of AV1 (and of any encrypted stream) come from this header extension.
             .set_extension(
                 DD_EXTENSION_ID,
@@ -263,7 +264,8 @@ mod tests {
 
     use super::{RtcFactory, SessionRole};
 
-    const TWCC_URI: &str = "transport-wide-cc";
+    /// The extensions that only feed a bandwidth estimator.
+    const ESTIMATOR_URIS: [&str; 2] = ["transport-wide-cc", "abs-send-time"];
 
     /// The `m=` sections of an SDP, each with its media kind.
     fn sections(sdp: &str) -> Vec<(String, String)> {
@@ -273,16 +275,25 @@ mod tests {
             .collect()
     }
 
-    fn twcc_by_kind(sdp: &str) -> Vec<(String, bool)> {
+    /// Per section: its kind, and whether it has each of the estimator's extensions.
+    fn estimator_exts_by_kind(sdp: &str) -> Vec<(String, [bool; 2])> {
         sections(sdp)
             .into_iter()
-            .map(|(kind, body)| (kind, body.contains(TWCC_URI)))
+            .map(|(kind, body)| (kind, ESTIMATOR_URIS.map(|u| body.contains(u))))
             .collect()
     }
 
-    /// What the node offers a subscriber: transport-wide sequence numbers on video only.
+    fn kinds(audio: bool, video: bool) -> Vec<(String, [bool; 2])> {
+        vec![
+            ("audio".to_string(), [audio; 2]),
+            ("video".to_string(), [video; 2]),
+        ]
+    }
+
+    /// What the node offers a subscriber: transport-wide sequence numbers and absolute send
+    /// time on video only.
     #[test]
-    fn subscriber_offers_carry_twcc_on_video_only() {
+    fn subscriber_offers_carry_estimator_extensions_on_video_only() {
         let now = Instant::now();
         let mut session = RtcFactory::new().build(1, SessionRole::Subscriber, &[], now);
         let mut api = session.rtc.sdp_api();
@@ -290,15 +301,15 @@ mod tests {
         api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, _) = api.apply().expect("an offer");
         assert_eq!(
-            twcc_by_kind(&offer.to_sdp_string()),
-            vec![("audio".to_string(), false), ("video".to_string(), true)]
+            estimator_exts_by_kind(&offer.to_sdp_string()),
+            kinds(false, true)
         );
     }
 
     /// A publisher that offers them on audio too (as Chrome does) is answered without them
     /// there, so its audio comes without them and no feedback is made for it.
     #[test]
-    fn publisher_answers_take_twcc_on_video_only() {
+    fn publisher_answers_take_estimator_extensions_on_video_only() {
         let now = Instant::now();
         let mut peer = RtcConfig::new().build(now);
         let mut api = peer.sdp_api();
@@ -306,10 +317,7 @@ mod tests {
         api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, pending) = api.apply().expect("an offer");
         let offer_sdp = offer.to_sdp_string();
-        assert_eq!(
-            twcc_by_kind(&offer_sdp),
-            vec![("audio".to_string(), true), ("video".to_string(), true)]
-        );
+        assert_eq!(estimator_exts_by_kind(&offer_sdp), kinds(true, true));
 
         let mut session = RtcFactory::new().build(2, SessionRole::Publisher, &[], now);
         let offer = SdpOffer::from_sdp_string(&offer_sdp).expect("the offer parses");
@@ -319,8 +327,8 @@ mod tests {
             .accept_offer(offer)
             .expect("an answer");
         assert_eq!(
-            twcc_by_kind(&answer.to_sdp_string()),
-            vec![("audio".to_string(), false), ("video".to_string(), true)]
+            estimator_exts_by_kind(&answer.to_sdp_string()),
+            kinds(false, true)
         );
         peer.sdp_api()
             .accept_answer(pending, answer)
