@@ -1334,12 +1334,13 @@ impl Session {
         // for audio. This is indiciated via the SDP.
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
-        // Moien patch: audio kept off transport-wide sequence numbers (`set_audio_in_estimate`)
+        // Moien patch: audio sent without transport-wide sequence numbers (this side's
+        // `set_audio_in_estimate`, or a peer that does not take them on audio, as many SFUs)
         // is outside the estimate, which is then made from the rest. It stays outside what the
         // pacer and the estimator count as sent: counted there, it would take the padding that
         // the estimate allows, and an estimate held near 1.5x what its feedback acknowledges
         // could never rise.
-        let outside_estimate = media.kind().is_audio() && !self.exts.audio_in_estimate();
+        let outside_estimate = media.kind().is_audio() && !twcc_enabled;
 
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
 

@@ -457,11 +457,6 @@ impl ExtensionMap {
         self.1 = enabled;
     }
 
-    /// Moien patch: whether audio is counted by the bandwidth estimator.
-    pub(crate) fn audio_in_estimate(&self) -> bool {
-        self.1
-    }
-
     /// Moien patch: whether `ext` may be negotiated on an audio m-line.
     pub(crate) fn allows_on_audio(&self, ext: &Extension) -> bool {
         self.1
