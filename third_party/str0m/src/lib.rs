@@ -1125,7 +1125,8 @@ pub enum Written {
     NoStream,
     /// Queued for the pacer: drain [`Rtc::poll_output`] as after any input.
     Queued,
-    /// Unpaced, with nothing queued before it: built, protected and handed back to transmit.
+    /// With nothing queued before it, and unpaced or within the pacer's burst budget: built,
+    /// counted, protected and handed back to transmit.
     /// Nothing else changed, so the timeout `poll_output` last gave still stands (a deadline
     /// this moves, a stream's pause check, only moves later).
     Sent(net::Transmit),
@@ -1614,8 +1615,10 @@ impl Rtc {
     /// subscriber per received packet, and walking ICE, DTLS and SCTP for each costs more
     /// than building the packet.
     ///
-    /// A packet for an unpaced stream (audio) with nothing queued before it skips the pacer
-    /// and the drain: it is built and protected here and returned as [`Written::Sent`].
+    /// A packet with nothing queued before it that the pacer would send at once (always for an
+    /// unpaced stream such as audio; within the pacer's burst budget for video) skips the
+    /// pacer's queue and the drain: it is built, counted and protected here and returned as
+    /// [`Written::Sent`].
     pub fn write_rtp(
         &mut self,
         mid: media::Mid,
@@ -1623,8 +1626,9 @@ impl Rtc {
         now: Instant,
     ) -> Written {
         let midrid = crate::rtp_::MidRid(mid, None);
-        // Unpaced RTP (audio) with nothing queued before it is built and protected here, and
-        // handed back, instead of going through the pacer's view and a drain.
+        // RTP the pacer would release at once, with nothing queued before it, is built and
+        // protected here, and handed back, instead of going through the pacer's view and a
+        // drain.
         let may_send = self.state == RtcState::Alive
             && !self.need_init_time
             && now >= self.last_now
@@ -1633,7 +1637,12 @@ impl Rtc {
         let Some(tx) = self.session.streams.stream_tx_by_midrid(midrid) else {
             return Written::NoStream;
         };
-        let at_once = may_send && tx.sends_at_once();
+        let at_once = may_send
+            && match tx.sends_at_once() {
+                Some(true) => true,
+                Some(false) => self.session.pacer.releases_at_once(now),
+                None => false,
+            };
         tx.write_rtp(write);
         if at_once {
             tx.timestamp_written(now);

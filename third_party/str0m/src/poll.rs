@@ -361,7 +361,12 @@ mod tests {
     fn narrowing_preserves_other_operations() {
         for events in [false, true] {
             for timeout in [false, true] {
-                let mut readiness = Readiness { events, timeout };
+                let mut readiness = Readiness {
+                    events,
+                    timeout,
+                    media: false,
+                    send_timeout: false,
+                };
                 {
                     let mut wake = readiness.wake();
                     wake.no_events();

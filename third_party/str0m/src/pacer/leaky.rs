@@ -50,6 +50,8 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
+    /// Moien patch: packets queued in the view of the last decision (`releases_at_once`).
+    queued_packets: u32,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -148,6 +150,7 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            queued_packets: 0,
         }
     }
 
@@ -210,6 +213,35 @@ impl LeakyBucketPacer {
     /// Moien patch: `handle_timeout` with the view in place, updated by the caller.
     pub(crate) fn handle_timeout_in_place(&mut self, now: Instant) -> Option<PaddingRequest> {
         self.decide(now)
+    }
+
+    /// Moien patch: whether a media packet written now to an empty queue would leave at once,
+    /// decided as the next decision would: a packet was sent before, no probe runs, nothing
+    /// was queued or picked in the last view, and the media debt left after draining at the
+    /// pacing rate since the last decision is within the burst the pacer sends at once. The
+    /// pacer's clock and debt move to `now`, as that decision would move them; the caller
+    /// sends the packet and counts it with `register_send` (`Rtc::write_rtp`).
+    pub(crate) fn releases_at_once(&mut self, now: Instant) -> bool {
+        if self.last_emitted.is_none()
+            || !self.probe_queue.is_empty()
+            || self.next_poll_queue.is_some()
+            || self.queued_packets > 0
+            || self.pacing_bitrate == Bitrate::ZERO
+        {
+            return false;
+        }
+        let Some(last) = self.last_handle_time else {
+            return false;
+        };
+        if now < last {
+            return false;
+        }
+        self.last_handle_time = Some(now);
+        self.clear_debt(now - last);
+        // With every queue empty and no probe, a decision paces at the pacing rate.
+        self.adjusted_bitrate = self.pacing_bitrate;
+        let drain_debt_time = self.media_debt / self.adjusted_bitrate;
+        drain_debt_time < PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate)
     }
 
     /// Moien patch: see `PacerImpl::wants_refresh`.
@@ -399,6 +431,7 @@ impl LeakyBucketPacer {
                     acc.2 + DataSize::from(q.snapshot.byte_size),
                 )
             });
+        self.queued_packets = queued_packets;
         if queued_packets == 0 {
             return;
         }
@@ -1054,6 +1087,67 @@ mod test {
 
         let next_poll = pacer.poll_timeout().0.unwrap();
         (burst, next_poll - at)
+    }
+
+    #[test]
+    fn releases_at_once_as_the_next_decision_would() {
+        // Moien patch: a packet written to an empty queue leaves at once exactly when the
+        // pacer's own decision would release it without waiting.
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(1));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        assert!(
+            !pacer.releases_at_once(now),
+            "the first packet ever goes through a decision"
+        );
+
+        let at = now + duration_ms(1);
+        enqueue_packet_noisy(&mut pacer, &mut queue, 0, 1000, PacketKind::Video, at);
+        let (qid, _) = pacer.poll_queue().expect("the first packet leaves at once");
+        let packet = queue.next_packet().unwrap();
+        pacer.register_send(at, DataSize::from(packet.size()), qid);
+        queue.register_send(qid, at);
+        handle_timeout_noisy(&mut pacer, &mut queue, at);
+        assert!(
+            pacer.releases_at_once(at),
+            "1 kB of debt is within the 5 kB a 1 Mbit/s pacer sends at once"
+        );
+
+        // Fill the burst (5 kB at 1 Mbit/s): the pacer holds the next packet, so must this.
+        for seq_no in 1..5 {
+            pacer.register_send(at, DataSize::from(1000_usize), qid);
+            assert_eq!(
+                seq_no < 4,
+                pacer.releases_at_once(at),
+                "after {seq_no} more kB"
+            );
+        }
+        enqueue_packet_noisy(&mut pacer, &mut queue, 5, 1000, PacketKind::Video, at);
+        assert!(pacer.poll_queue().is_none(), "the pacer holds it too");
+
+        // The held packet is in the view: nothing may overtake it, even once the debt drained.
+        let later = at + duration_ms(40);
+        assert!(!pacer.releases_at_once(later));
+        handle_timeout_noisy(&mut pacer, &mut queue, later);
+        let (qid, _) = pacer.poll_queue().expect("released after the debt drained");
+        let packet = queue.next_packet().unwrap();
+        pacer.register_send(later, DataSize::from(packet.size()), qid);
+        queue.register_send(qid, later);
+        handle_timeout_noisy(&mut pacer, &mut queue, later);
+        assert!(
+            pacer.releases_at_once(later),
+            "queue empty, debt within the burst"
+        );
+
+        // A probe times its packets through decisions.
+        use crate::bwe_::ProbeKind;
+        pacer.start_probe(ProbeClusterConfig::new(
+            1.into(),
+            Bitrate::mbps(2),
+            ProbeKind::Initial,
+        ));
+        assert!(!pacer.releases_at_once(later));
     }
 
     #[test]

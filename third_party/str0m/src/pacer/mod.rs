@@ -49,6 +49,15 @@ impl PacerImpl {
 
     /// Moien patch: the pacer sent a packet and needs a fresh queue view before the next one,
     /// outside a probe (which times its packets through full timeout passes).
+    /// Moien patch: see `LeakyBucketPacer::releases_at_once`. Without a pacer (no bandwidth
+    /// estimation) streams are unpaced and never ask.
+    pub fn releases_at_once(&mut self, now: Instant) -> bool {
+        match self {
+            PacerImpl::Null(_) => false,
+            PacerImpl::LeakyBucket(v) => v.releases_at_once(now),
+        }
+    }
+
     pub fn wants_refresh(&self) -> bool {
         match self {
             PacerImpl::Null(_) => false,

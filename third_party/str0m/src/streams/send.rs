@@ -1298,15 +1298,16 @@ impl StreamTx {
         self.padding += padding;
     }
 
-    /// Moien patch: a packet written now can be sent at once (`Rtc::write_rtp`): the
-    /// stream is unpaced (known after its first timeout), and nothing is waiting to be sent
-    /// before it (queued packets, resends, padding).
-    pub(crate) fn sends_at_once(&self) -> bool {
-        self.unpaced == Some(true)
-            && self.kind.is_some()
+    /// Moien patch: whether a packet written now can be sent at once (`Rtc::write_rtp`):
+    /// `Some(unpaced)` once the stream is set up (after its first timeout) with nothing
+    /// waiting to be sent before the packet (queued packets, resends, padding). An unpaced
+    /// stream's packet goes at once; a paced one's when the pacer would release it at once.
+    pub(crate) fn sends_at_once(&self) -> Option<bool> {
+        let idle = self.kind.is_some()
             && self.send_queue.is_empty()
             && self.resends.is_empty()
-            && self.padding == 0
+            && self.padding == 0;
+        if idle { self.unpaced } else { None }
     }
 
     /// Timestamps what was written since the last timeout pass (Moien patch: split out of
