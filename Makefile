@@ -3,13 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps deps-run build lint test-rust test-api test-browser bench bench-turn bench-workers pgo clean
+.PHONY: run test deps deps-run build lint test-rust test-str0m test-api test-browser bench bench-turn bench-workers pgo clean
 
 run: deps-run
 	$(CARGO) build --release --bin moien
 	./target/release/moien serve --dev
 
-test: deps lint test-rust test-api test-browser
+test: deps lint test-rust test-str0m test-api test-browser
 
 deps:
 	@scripts/install-deps.sh test
@@ -23,6 +23,10 @@ lint:
 
 test-rust:
 	$(CARGO) test --workspace
+
+# str0m's own unit tests on the patched copy in third_party/str0m.
+test-str0m:
+	scripts/test-str0m.sh
 
 # The admin API against its OpenAPI description (schemathesis from PyPI, in a venv under target/).
 test-api:

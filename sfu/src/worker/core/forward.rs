@@ -265,8 +265,9 @@ impl WorkerCore {
                     }
                 }
             }
-            // Sent now, not after a timeout pass: audio straight to SRTP, paced media drained
-            // through the media path only (`Rtc::write_rtp`, our str0m patches).
+            // Sent now, not after a timeout pass: straight to SRTP when the pacer would
+            // release it at once (audio always, video within the pacer's burst), otherwise
+            // drained through the media path only (`Rtc::write_rtp`, str0m patches 9 and 14).
             let r = catch_unwind(AssertUnwindSafe(|| rtc.write_rtp(mid, write, now)));
             let Ok(written) = r else {
                 out.failed = true;
