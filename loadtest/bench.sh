@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The three-target comparison: builds in release, runs the standard scenarios against Moien,
 # Janus (Debian's package, started with a generated loopback config) and the bare forwarder,
-# each BENCH_REPEAT times with the targets alternating, plus a capacity ramp on Moien and a run at
-# 70 % of the capacity it found. Each round's runs go to target/bench/round-N.json, the ramp's to
-# capacity.json; target/bench/results.json gets each scenario and target's median run, and the
+# each BENCH_REPEAT times with the targets alternating, plus capacity ramps on Moien (audio and
+# video conferences) and runs at 70 % of the capacity each found. Each round's runs go to
+# target/bench/round-N.json, the ramps' to capacity.json; target/bench/results.json gets each scenario and target's median run, and the
 # ratios printed at the end are those of the medians.
 #
-#   loadtest/bench.sh                      # everything (~30 minutes on 2 cores)
+#   loadtest/bench.sh                      # everything (~45 minutes on 2 cores)
 #   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
 #   BENCH_TARGETS="moien bare" BENCH_RAMP=0 loadtest/bench.sh
 #   BENCH_PGO=0 loadtest/bench.sh          # the plain release build instead of the PGO one
@@ -92,24 +92,34 @@ for round in $(seq "$rounds"); do
 done
 reports=$out
 
-if [[ $ramp == 1 ]]; then
-    run "audio-conference ramp on moien" "$out/capacity.json" audio-conference --target moien --room-size 8 \
-        --ramp --ramp-step 2 --step-duration 6s --step-settle 3s --max-participants 480
-    # The latency goal holds at 70 % of the capacity found; the bare forwarder at the same size
-    # shows what the measurement path itself (kernel, load tester) adds. The speakers' audio is
-    # encoded before they join (loadtest/src/voices.rs), so the warm-up only has to let the
-    # burst of joins settle.
-    if rooms=$("$lt" capacity "$out/capacity.json" --scenario audio-conference --share 0.7 --group-size 8); then
+# A capacity ramp on Moien, then a run of Moien and of the bare forwarder at 70 % of the
+# capacity found: the goals of docs/PERFORMANCE.md are judged there (packets and Mbit per
+# CPU-second, latency). Arguments: scenario, room size, step (rooms), warm-up at 70 %, then the
+# scenario's other options.
+ramp_and_share() {
+    local scenario=$1 size=$2 step=$3 warm=$4 rooms
+    shift 4
+    run "$scenario ramp on moien" "$out/capacity.json" "$scenario" --target moien --room-size "$size" \
+        --ramp --ramp-step "$step" --step-duration 6s --step-settle 3s --max-participants 480 "$@"
+    if rooms=$("$lt" capacity "$out/capacity.json" --scenario "$scenario" --share 0.7 --group-size "$size"); then
         for t in moien bare; do
             [[ " $targets " == *" $t "* ]] || continue
-            run "audio-conference at 70% of capacity ($rooms rooms) on $t" "$out/capacity.json" \
-                audio-conference \
-                --target "$t" --rooms "$rooms" --room-size 8 --duration "$duration" --warmup 10s
+            run "$scenario at 70% of capacity ($rooms rooms) on $t" "$out/capacity.json" "$scenario" \
+                --target "$t" --rooms "$rooms" --room-size "$size" --duration "$duration" --warmup "$warm" "$@"
         done
     else
-        echo "!! no capacity found: skipping the run at 70 % of it"
+        echo "!! no $scenario capacity found: skipping the run at 70 % of it"
         failures=$((failures + 1))
     fi
+}
+
+if [[ $ramp == 1 ]]; then
+    # The bare forwarder at the same size shows what the measurement path itself (kernel, load
+    # tester) adds. The speakers' audio is encoded before they join (loadtest/src/voices.rs),
+    # so the warm-up only has to let the burst of joins settle.
+    ramp_and_share audio-conference 8 2 10s
+    # Video conferences of 5 at 360p, the standard scenario's rooms, for the Mbit goal.
+    ramp_and_share video-conference 5 2 10s --video-layers 360p
 fi
 
 shopt -s nullglob
