@@ -3,8 +3,8 @@
 # Janus (Debian's package, started with a generated loopback config) and the bare forwarder,
 # each BENCH_REPEAT times with the targets alternating, plus capacity ramps on Moien (audio and
 # video conferences) and runs at 70 % of the capacity each found. Each round's runs go to
-# target/bench/round-N.json, the ramps' to capacity.json; target/bench/results.json gets each scenario and target's median run, and the
-# ratios printed at the end are those of the medians.
+# target/bench/round-N.json, the ramps' to capacity.json; target/bench/results.json gets each
+# scenario and target's median run, and the ratios printed at the end are those of the medians.
 #
 #   loadtest/bench.sh                      # everything (~45 minutes on 2 cores)
 #   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
