@@ -10,9 +10,9 @@
 #
 # Arguments after the two binaries are the scenario and its options (default: audio-conference
 # --rooms 16 --room-size 8, 128 participants on each server: together about 70 % of what this
-# 2-core machine carries). AB_ROUNDS (3), AB_WARMUP (8s), AB_DURATION (15s), AB_OUT
-# (target/ab). Prints each round's packets per server CPU-second, the B/A ratio and both
-# servers' own forwarding delay p99, then the median ratio.
+# 2-core machine carries). AB_ROUNDS (4; which build starts first alternates by round),
+# AB_WARMUP (8s), AB_DURATION (15s), AB_OUT (target/ab). Prints each round's packets per server
+# CPU-second, the B/A ratio and both servers' own forwarding delay p99, then the median ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n '2,16p' "$0"; exit 2; }
@@ -24,7 +24,7 @@ for bin in "$a" "$b"; do
 done
 scenario=("$@")
 [[ ${#scenario[@]} -gt 0 ]] || scenario=(audio-conference --rooms 16 --room-size 8)
-rounds=${AB_ROUNDS:-3}
+rounds=${AB_ROUNDS:-4}
 out=${AB_OUT:-target/ab}
 cargo build --release -p moien-loadtest
 mkdir -p "$out"
@@ -32,7 +32,11 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for round in $(seq 1 "$rounds"); do
     pids=()
-    for side in a b; do
+    # The build started first has measured a few per cent more than the other (two builds
+    # of the same source, or A and B swapped, 2026-12-06 evening): starts alternate by round.
+    sides="a b"
+    ((round % 2 == 0)) && sides="b a"
+    for side in $sides; do
         bin=$a
         [[ $side == b ]] && bin=$b
         d="$out/$round-$side"
