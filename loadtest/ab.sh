@@ -32,8 +32,8 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for round in $(seq 1 "$rounds"); do
     pids=()
-    # The build started first has measured a few per cent more than the other (two builds
-    # of the same source, or A and B swapped, 2026-12-06 evening): starts alternate by round.
+    # One side measured a few per cent more than the other for a while, whichever build it
+    # ran (2026-12-06 evening), so that neither build always starts first, starts alternate.
     sides="a b"
     ((round % 2 == 0)) && sides="b a"
     for side in $sides; do
