@@ -240,8 +240,15 @@ impl LeakyBucketPacer {
         self.clear_debt(now - last);
         // With every queue empty and no probe, a decision paces at the pacing rate.
         self.adjusted_bitrate = self.pacing_bitrate;
-        let drain_debt_time = self.media_debt / self.adjusted_bitrate;
-        drain_debt_time < PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate)
+        self.media_debt / self.adjusted_bitrate < self.burst_interval()
+    }
+
+    /// The debt, in time at the adjusted rate, up to which queued media is sent at once
+    /// (Moien patch: shared by `next_poll` and `releases_at_once`). Limit the burst to
+    /// MAX_BURST_SIZE so high bitrates don't overfill socket buffers. Below ~12.6 Mbps this
+    /// is PACING.
+    fn burst_interval(&self) -> Duration {
+        PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate)
     }
 
     /// Moien patch: see `PacerImpl::wants_refresh`.
@@ -347,10 +354,7 @@ impl LeakyBucketPacer {
                 } else {
                     // Normal pacing: use relative offset based on debt
                     let drain_debt_time = self.media_debt / self.adjusted_bitrate;
-                    // Limit the burst to MAX_BURST_SIZE so high bitrates don't overfill socket
-                    // buffers. Below ~12.6 Mbps this is PACING.
-                    let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
-                    let next_send_offset = if drain_debt_time >= burst_interval {
+                    let next_send_offset = if drain_debt_time >= self.burst_interval() {
                         // If we have incurred too much debt, wait for it to clear before sending.
                         // again.
                         drain_debt_time
