@@ -1,5 +1,6 @@
-//! CPU seconds and resident memory of a process, read from `/proc/<pid>/stat` and
-//! `/proc/<pid>/status` (Linux): how much the server under test cost, whatever it is.
+//! CPU seconds, waits for a CPU and resident memory of a process, read from `/proc/<pid>/stat`,
+//! `/proc/<pid>/task/*/schedstat` and `/proc/<pid>/status` (Linux): how much the server under
+//! test cost, whatever it is, and how long it was kept from running.
 
 use std::time::Instant;
 
@@ -9,6 +10,9 @@ pub struct ProcSample {
     pub at: Instant,
     /// User + system CPU seconds since the process started (all threads).
     pub cpu_seconds: f64,
+    /// Seconds its threads spent runnable but waiting for a CPU, summed over the threads alive
+    /// at the reading (the scheduler's `run_delay`); `None` without schedstats in the kernel.
+    pub cpu_wait_seconds: Option<f64>,
     pub rss_bytes: u64,
     /// The anonymous part of `rss_bytes` (heap, stacks): what participants make a server
     /// allocate. The rest is file-backed, mostly the server's own code paged in the first time
@@ -44,6 +48,29 @@ pub fn parse_status_field(status: &str, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `run_delay` (nanoseconds runnable but not running) from the text of a thread's
+/// `/proc/<pid>/task/<tid>/schedstat`: on-CPU time, run delay, time slices.
+pub fn parse_schedstat_wait(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The run delay of every thread of `pid`, summed, in nanoseconds. A thread that ended between
+/// the listing and its read is skipped: its waits leave the sum, which a window's difference
+/// then undercounts, never overcounts.
+fn threads_wait_ns(pid: u32) -> Option<u64> {
+    let mut sum = 0;
+    let mut any = false;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        sum += parse_schedstat_wait(&text)?;
+        any = true;
+    }
+    any.then_some(sum)
+}
+
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let at = Instant::now();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -51,6 +78,7 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample {
         at,
         cpu_seconds: parse_stat_ticks(&stat)? as f64 / ticks_per_second(),
+        cpu_wait_seconds: threads_wait_ns(pid).map(|ns| ns as f64 / 1e9),
         rss_bytes: parse_status_field(&status, "VmRSS")?,
         anon_bytes: parse_status_field(&status, "RssAnon")?,
     })
@@ -78,10 +106,25 @@ mod tests {
     }
 
     #[test]
+    fn parses_schedstat() {
+        assert_eq!(
+            parse_schedstat_wait("422585000 127412000 3618\n"),
+            Some(127_412_000)
+        );
+        assert_eq!(parse_schedstat_wait("422585000"), None);
+        assert_eq!(parse_schedstat_wait("x y z"), None);
+    }
+
+    #[test]
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("/proc is readable");
         assert!(s.rss_bytes > 0);
         assert!(s.anon_bytes > 0 && s.anon_bytes <= s.rss_bytes);
         assert!(s.cpu_seconds >= 0.0);
+        // Where the kernel keeps scheduler statistics (CONFIG_SCHED_INFO, as Debian's), the
+        // waits are read.
+        if std::path::Path::new("/proc/self/schedstat").exists() {
+            assert!(s.cpu_wait_seconds.is_some_and(|w| w >= 0.0), "{s:?}");
+        }
     }
 }

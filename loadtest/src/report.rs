@@ -25,6 +25,11 @@ pub struct RateStats {
     pub sfu_cpu_seconds: Option<f64>,
     /// 100 = one core busy.
     pub sfu_cpu_percent: Option<f64>,
+    /// Milliseconds a second the server's threads were ready to run but waited for a CPU,
+    /// summed over its threads. On a machine the server shares (with the load tester, here),
+    /// this is what its latency pays for the other work on its cores: a packet that arrives
+    /// while its worker waits, waits too.
+    pub sfu_cpu_wait_ms_per_s: Option<f64>,
     pub packets_per_cpu_second: Option<f64>,
     pub mbit_per_cpu_second: Option<f64>,
     pub video_mbit_per_cpu_second: Option<f64>,
@@ -381,6 +386,13 @@ pub fn text_table(r: &RunResult) -> String {
                 "{} s ({}% of one core)",
                 opt(rt.sfu_cpu_seconds, 2),
                 opt(rt.sfu_cpu_percent, 1)
+            ),
+        ),
+        (
+            "server's waits for a CPU",
+            format!(
+                "{} ms a second (summed over its threads)",
+                opt(rt.sfu_cpu_wait_ms_per_s, 1)
             ),
         ),
         (

@@ -385,11 +385,19 @@ impl Run {
             (Some(x), Some(y)) => Some((y.cpu_seconds - x.cpu_seconds).max(0.0)),
             _ => None,
         };
+        let wait = match (
+            sa.sfu.and_then(|p| p.cpu_wait_seconds),
+            sb.sfu.and_then(|p| p.cpu_wait_seconds),
+        ) {
+            (Some(x), Some(y)) => Some((y - x).max(0.0)),
+            _ => None,
+        };
         Window {
             secs,
             totals: d,
             latency,
             sfu_cpu_seconds: cpu,
+            sfu_cpu_wait_seconds: wait,
             loadtester_cpu_seconds: me,
             rss_end: sb.sfu.map(|p| p.rss_bytes),
             anon_end: sb.sfu.map(|p| p.anon_bytes),
@@ -411,6 +419,7 @@ struct Window {
     totals: stats::Totals,
     latency: Histogram<u64>,
     sfu_cpu_seconds: Option<f64>,
+    sfu_cpu_wait_seconds: Option<f64>,
     loadtester_cpu_seconds: Option<f64>,
     rss_end: Option<u64>,
     anon_end: Option<u64>,
@@ -434,6 +443,7 @@ impl Window {
             video_mbit_per_s: vbits / self.secs,
             sfu_cpu_seconds: self.sfu_cpu_seconds,
             sfu_cpu_percent: self.sfu_cpu_seconds.map(|c| c * 100.0 / self.secs),
+            sfu_cpu_wait_ms_per_s: self.sfu_cpu_wait_seconds.map(|w| w * 1e3 / self.secs),
             packets_per_cpu_second: per_cpu(self.totals.packets as f64),
             mbit_per_cpu_second: per_cpu(bits),
             video_mbit_per_cpu_second: per_cpu(vbits),

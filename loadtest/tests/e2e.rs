@@ -149,6 +149,12 @@ fn assert_sane(r: &RunResult, json: &Value, e: &Expect) {
         "{name}: server CPU measured: {rates:?}"
     );
     assert!(rates.packets_per_cpu_second.is_some_and(|p| p > 0.0));
+    if std::path::Path::new("/proc/self/schedstat").exists() {
+        assert!(
+            rates.sfu_cpu_wait_ms_per_s.is_some_and(|w| w >= 0.0),
+            "{name}: the server's waits for a CPU measured: {rates:?}"
+        );
+    }
     assert!(r.rss_bytes_end.is_some(), "{name}: server memory measured");
     assert!(
         r.anon_rss_bytes_end
