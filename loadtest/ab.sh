@@ -12,7 +12,8 @@
 # --rooms 16 --room-size 8, 128 participants on each server: together about 70 % of what this
 # 2-core machine carries). AB_ROUNDS (4; which build starts first alternates by round),
 # AB_WARMUP (8s), AB_DURATION (15s), AB_OUT (target/ab). Prints each round's packets per server
-# CPU-second, the B/A ratio and both servers' own forwarding delay p99, then the median ratio.
+# CPU-second, the B/A ratio, both servers' own forwarding delay p99 and their waits for a CPU,
+# then the median ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n '2,16p' "$0"; exit 2; }
@@ -64,12 +65,20 @@ def record(round_, side):
 
 
 print(f"A = {a}\nB = {b}")
-print(f"{'round':>5} {'A pkt/cpu-s':>12} {'B pkt/cpu-s':>12} {'B/A':>7} {'A sfu p99':>10} {'B sfu p99':>10}")
+print(f"{'round':>5} {'A pkt/cpu-s':>12} {'B pkt/cpu-s':>12} {'B/A':>7} {'A sfu p99':>10} {'B sfu p99':>10} "
+      f"{'A wait':>9} {'B wait':>9}")
 
 
 def p99(x):
     v = x.get("sfu_forwarding_delay_p99_ms")
     return "-" if v is None else f"{v:.2f} ms"
+
+
+def wait(x):
+    # The server's waits for a CPU (ms a second, summed over its threads): on this shared
+    # machine, most of the p99's round-to-round spread.
+    v = x.get("sfu_cpu_wait_ms_per_s")
+    return "-" if v is None else f"{v:.0f} ms/s"
 
 
 ratios = []
@@ -78,6 +87,6 @@ for r in range(1, rounds + 1):
     ratio = rb["packets_per_cpu_second"] / ra["packets_per_cpu_second"]
     ratios.append(ratio)
     print(f"{r:>5} {ra['packets_per_cpu_second']:>12.0f} {rb['packets_per_cpu_second']:>12.0f} "
-          f"{ratio:>7.3f} {p99(ra):>10} {p99(rb):>10}")
+          f"{ratio:>7.3f} {p99(ra):>10} {p99(rb):>10} {wait(ra):>9} {wait(rb):>9}")
 print(f"median B/A {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
 EOF

@@ -118,6 +118,9 @@ pub struct TimelinePoint {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub sfu_cpu_percent: Option<f64>,
+    /// The server's waits for a CPU over the second, summed over its threads (100 = one
+    /// thread-second a second); see [`RateStats::sfu_cpu_wait_ms_per_s`].
+    pub sfu_cpu_wait_percent: Option<f64>,
     pub sfu_rss_bytes: Option<u64>,
     pub loadtester_cpu_percent: Option<f64>,
 }
@@ -236,6 +239,9 @@ pub struct BenchRecord {
     /// The server's own forwarding delay p99 (Moien only; see [`RunResult`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_forwarding_delay_p99_ms: Option<f64>,
+    /// The server's waits for a CPU, ms a second summed over its threads (see [`RateStats`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_cpu_wait_ms_per_s: Option<f64>,
     pub loss_percent: f64,
     pub jitter_ms: f64,
     pub join_p95_ms: f64,
@@ -280,6 +286,7 @@ impl RunResult {
             p50_latency_ms: round(self.latency.p50_ms, 3),
             p99_latency_ms: round(self.latency.p99_ms, 3),
             sfu_forwarding_delay_p99_ms: self.sfu_forwarding_delay.map(|d| round(d.p99_ms, 3)),
+            sfu_cpu_wait_ms_per_s: self.rates.sfu_cpu_wait_ms_per_s.map(|v| round(v, 1)),
             loss_percent: round(self.rates.loss_percent, 4),
             jitter_ms: round(self.jitter_ms, 3),
             join_p95_ms: round(self.join.p95_ms, 1),
@@ -482,7 +489,7 @@ pub fn text_table(r: &RunResult) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:>5} {:>12} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+            "  {:>5} {:>12} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
             "step",
             "participants",
             "streams",
@@ -490,6 +497,7 @@ pub fn text_table(r: &RunResult) -> String {
             "loss%",
             "p99 ms",
             "sfu p99",
+            "wait ms",
             "server%",
             "tester%",
             "pkt/cpu-s"
@@ -497,7 +505,7 @@ pub fn text_table(r: &RunResult) -> String {
         for st in &ramp.steps {
             let _ = writeln!(
                 s,
-                "  {:>5} {:>12} {:>8} {:>10.0} {:>8.3} {:>8.2} {:>8} {:>9} {:>9} {:>9} {}",
+                "  {:>5} {:>12} {:>8} {:>10.0} {:>8.3} {:>8.2} {:>8} {:>8} {:>9} {:>9} {:>9} {}",
                 st.step,
                 st.participants,
                 st.streams,
@@ -505,6 +513,7 @@ pub fn text_table(r: &RunResult) -> String {
                 st.rates.loss_percent,
                 st.p99_ms,
                 opt(st.sfu_forwarding_delay_p99_ms, 2),
+                opt(st.rates.sfu_cpu_wait_ms_per_s, 0),
                 opt(st.rates.sfu_cpu_percent, 0),
                 opt(
                     st.rates
@@ -590,7 +599,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "scenario",
         "mode",
         "target",
@@ -601,6 +610,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         "Mb/cpu-s",
         "p99 ms",
         "sfu p99",
+        "wait ms",
         "loss %",
         "join95",
         "KiB/part",
@@ -623,7 +633,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10.0} {:>11} {:>9} {:>8.2} {:>8} {:>8.3} {:>8.0} {:>9} {:>9}",
+            "{:<18} {:<6} {:<6} {:>5} {:>9} {:>10.0} {:>11} {:>9} {:>8.2} {:>8} {:>8} {:>8.3} {:>8.0} {:>9} {:>9}",
             r.scenario,
             r.mode,
             r.target,
@@ -634,6 +644,7 @@ pub fn comparison(records: &[BenchRecord]) -> String {
             opt(r.mbit_per_cpu_second, 1),
             r.p99_latency_ms,
             opt(r.sfu_forwarding_delay_p99_ms, 2),
+            opt(r.sfu_cpu_wait_ms_per_s, 0),
             r.loss_percent,
             r.join_p95_ms,
             opt(r.rss_bytes_per_participant.map(|b| b as f64 / 1_024.0), 0),
@@ -804,6 +815,11 @@ pub fn html(r: &RunResult) -> String {
                 ("loss %", "#d62728", xy(&|p| Some(p.loss_percent))),
                 ("server CPU %", "#2ca02c", xy(&|p| p.sfu_cpu_percent)),
                 (
+                    "server's waits for a CPU %",
+                    "#8c564b",
+                    xy(&|p| p.sfu_cpu_wait_percent),
+                ),
+                (
                     "load tester CPU %",
                     "#9467bd",
                     xy(&|p| p.loadtester_cpu_percent),
@@ -911,6 +927,7 @@ mod tests {
                 sfu_cpu_percent: Some(5.0),
                 packets_per_cpu_second: Some(20_000.0),
                 mbit_per_cpu_second: Some(20.0),
+                sfu_cpu_wait_ms_per_s: Some(12.4),
                 ..Default::default()
             },
             latency: LatencyStats {
@@ -950,6 +967,7 @@ mod tests {
                 p95_ms: 1.0,
                 p99_ms: 1.5,
                 sfu_cpu_percent: Some(5.0),
+                sfu_cpu_wait_percent: Some(1.2),
                 sfu_rss_bytes: Some(12 << 20),
                 loadtester_cpu_percent: Some(20.0),
             }],
@@ -985,6 +1003,10 @@ mod tests {
         assert!(h.starts_with("<!doctype html>"));
         assert!(h.contains("<svg") && h.contains("polyline"));
         assert!(
+            h.contains("server&#39;s waits for a CPU %")
+                || h.contains("server's waits for a CPU %")
+        );
+        assert!(
             !h.contains("http://") || !h.contains("src=\"http"),
             "no remote assets"
         );
@@ -1003,6 +1025,11 @@ mod tests {
             "{t}"
         );
         assert_eq!(r.bench_record().sfu_forwarding_delay_p99_ms, Some(1.7));
+        assert!(
+            t.contains("12.4 ms a second (summed over its threads)"),
+            "{t}"
+        );
+        assert_eq!(r.bench_record().sfu_cpu_wait_ms_per_s, Some(12.4));
         let mut j = r.bench_record();
         j.target = "janus".into();
         j.packets_per_cpu_second = Some(8_000.0);
@@ -1010,6 +1037,7 @@ mod tests {
         let c = comparison(&[r.bench_record(), j]);
         assert!(c.contains("2.50x"), "{c}");
         assert!(c.contains("sfu p99") && c.contains("1.70"), "{c}");
+        assert!(c.contains("wait ms") && c.contains("      12 "), "{c}");
     }
 
     #[test]

@@ -320,6 +320,13 @@ impl Run {
             p95_ms: stats::percentile_ms(&s.harvest.window_latency, 0.95),
             p99_ms: stats::percentile_ms(&s.harvest.window_latency, 0.99),
             sfu_cpu_percent: cpu(prev.sfu, s.sfu),
+            sfu_cpu_wait_percent: match (
+                prev.sfu.and_then(|p| p.cpu_wait_seconds),
+                s.sfu.and_then(|p| p.cpu_wait_seconds),
+            ) {
+                (Some(a), Some(b)) => Some((b - a).max(0.0) * 100.0 / dt),
+                _ => None,
+            },
             sfu_rss_bytes: s.sfu.map(|p| p.rss_bytes),
             loadtester_cpu_percent: cpu(prev.me, s.me),
         })
