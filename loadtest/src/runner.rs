@@ -320,13 +320,7 @@ impl Run {
             p95_ms: stats::percentile_ms(&s.harvest.window_latency, 0.95),
             p99_ms: stats::percentile_ms(&s.harvest.window_latency, 0.99),
             sfu_cpu_percent: cpu(prev.sfu, s.sfu),
-            sfu_cpu_wait_percent: match (
-                prev.sfu.and_then(|p| p.cpu_wait_seconds),
-                s.sfu.and_then(|p| p.cpu_wait_seconds),
-            ) {
-                (Some(a), Some(b)) => Some((b - a).max(0.0) * 100.0 / dt),
-                _ => None,
-            },
+            sfu_cpu_wait_percent: waited(prev.sfu, s.sfu).map(|w| w * 100.0 / dt),
             sfu_rss_bytes: s.sfu.map(|p| p.rss_bytes),
             loadtester_cpu_percent: cpu(prev.me, s.me),
         })
@@ -392,25 +386,23 @@ impl Run {
             (Some(x), Some(y)) => Some((y.cpu_seconds - x.cpu_seconds).max(0.0)),
             _ => None,
         };
-        let wait = match (
-            sa.sfu.and_then(|p| p.cpu_wait_seconds),
-            sb.sfu.and_then(|p| p.cpu_wait_seconds),
-        ) {
-            (Some(x), Some(y)) => Some((y - x).max(0.0)),
-            _ => None,
-        };
         Window {
             secs,
             totals: d,
             latency,
             sfu_cpu_seconds: cpu,
-            sfu_cpu_wait_seconds: wait,
+            sfu_cpu_wait_seconds: waited(sa.sfu, sb.sfu),
             loadtester_cpu_seconds: me,
             rss_end: sb.sfu.map(|p| p.rss_bytes),
             anon_end: sb.sfu.map(|p| p.anon_bytes),
             forwarding_delay: None,
         }
     }
+}
+
+/// Seconds the server's threads waited for a CPU between two readings.
+fn waited(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
+    Some((b?.cpu_wait_seconds? - a?.cpu_wait_seconds?).max(0.0))
 }
 
 /// The server's forwarding delay between two edges of a window.
