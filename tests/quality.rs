@@ -404,3 +404,73 @@ async fn control_datagrams_per_second(node: &moien::Node, room: &str, video: boo
     client.leave().await.unwrap();
     rate
 }
+
+/// A subscriber that gets everything it wants is sent the media and the estimator's probes,
+/// not padding to hold the estimate at the rate the media already has (that filled every quiet
+/// frame with packets nobody needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_padding_for_a_subscriber_with_all_it_wants() {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let c = ClientConfig::new(ws_url(&node), token("unpadded", "pub", true, false));
+    let p = Client::connect(c).await.expect("publisher joins");
+    let ps = p.participant.sid.clone();
+    let mut v = viewer(&node, "unpadded", "viewer", None, None).await;
+    let frames = |v: &Client| {
+        v.report(|r| {
+            r.track_of(&ps, TrackKind::Video)
+                .map_or(0, |t| t.frames_complete)
+        })
+    };
+    let sent = || {
+        node.media
+            .as_ref()
+            .unwrap()
+            .snapshots()
+            .iter()
+            .fold((0, 0, 0), |(r, o, n), s| {
+                (
+                    r + s.stats.rtx_out,
+                    o + s.stats.packets_out,
+                    n + s.stats.nacks_in,
+                )
+            })
+    };
+    v.wait_until("video flows", MEDIA_TIMEOUT, |r| {
+        r.track_of(&ps, TrackKind::Video)
+            .is_some_and(|t| t.frames_complete >= 30)
+    })
+    .await
+    .unwrap();
+    let (rtx0, out0, nacks0) = sent();
+    // Four seconds of video at 30 frames a second.
+    let start = frames(&v);
+    v.wait_until("four seconds of video", Duration::from_secs(10), |r| {
+        r.track_of(&ps, TrackKind::Video)
+            .is_some_and(|t| t.frames_complete >= start + 120)
+    })
+    .await
+    .unwrap();
+    let (rtx1, out1, nacks1) = sent();
+    assert_eq!(
+        nacks1, nacks0,
+        "a loopback link loses nothing, so nothing to resend"
+    );
+    assert!(
+        out1 - out0 >= 120,
+        "the media went out ({} packets)",
+        out1 - out0
+    );
+    // What remains are the estimator's probes, bursts of about 14 packets toward what the
+    // subscriber could use (two in a row at most here). Padding to the media's own rate sent
+    // 68-84 packets in the same window.
+    let padding = rtx1 - rtx0;
+    assert!(
+        padding <= 32,
+        "{padding} padding packets among {} sent to a subscriber with all it wants",
+        out1 - out0
+    );
+    p.leave().await.unwrap();
+    v.leave().await.unwrap();
+    node.shutdown().await;
+}

@@ -231,21 +231,25 @@ impl WorkerCore {
         }
         // Sustain traffic toward the next upgrade and probe toward everything at its best, with
         // room for the upgrade margin (str0m: `minimum` = next layer, `desired` = preferred).
+        // With no upgrade left there is nothing to sustain: the media is the traffic, and
+        // padding up to its average rate filled every quiet frame with packets nobody needs
+        // (2.6 % of a video conference's sends). str0m then keeps its own small target for NAT
+        // bindings.
         if let Some(s) = self.sessions.get_mut(&session_id) {
             s.last_allocation = Some(now);
             s.last_used_bps = result.used_bps;
             if upgraded {
                 s.upgrade_hold_until = Some(now + UPGRADE_HOLD);
             }
-            let next = result.next_bps.max(1);
-            let desired = (result.max_bps + result.max_bps / 4).max(next);
+            let starved = result.next_bps > result.used_bps;
+            let next = if starved { result.next_bps } else { 0 };
+            let desired = (result.max_bps + result.max_bps / 4).max(next).max(1);
             // Re-arm only on a real change: every raise may start a probe. While the subscriber
             // wants more than it gets, raise again now and then: a link that recovered is only
             // found by probing it (str0m probes when `desired` goes up).
             let changed = s
                 .bwe_target
                 .is_none_or(|(n, d)| n.abs_diff(next) > n / 10 || d.abs_diff(desired) > d / 10);
-            let starved = result.next_bps > result.used_bps;
             let reprobe = starved
                 && s.last_probe
                     .is_none_or(|t| now.saturating_duration_since(t) >= REPROBE_INTERVAL);
