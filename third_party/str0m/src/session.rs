@@ -1345,19 +1345,21 @@ impl Session {
         let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
 
         let PacketReceipt {
-            header,
+            ssrc,
+            sequence_number,
+            header_len,
             seq_no,
             is_padding,
             payload_size,
         } = receipt;
 
-        trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
+        trace!(payload_size, is_padding, ?ssrc, sequence_number, "Poll RTP");
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
             let kind = if is_padding { "padding" } else { "media" };
 
-            crate::log_stat!("PACKET_SENT", header.ssrc, payload_size, kind);
+            crate::log_stat!("PACKET_SENT", ssrc, payload_size, kind);
         }
 
         if !outside_estimate {
@@ -1365,10 +1367,13 @@ impl Session {
         }
 
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            // A debugging aid: the header is read back from what was written.
+            if let Some(header) = RtpHeader::parse(buf, exts) {
+                raw_packets.push_back(Box::new(RawPacket::RtpTx(header, buf.clone())));
+            }
         }
 
-        let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
+        let protected = srtp_tx.protect_rtp_parts(buf, header_len, ssrc, sequence_number, *seq_no);
 
         if twcc_enabled {
             let packet_id = if let Some(cluster) = cluster_id {
@@ -1385,7 +1390,7 @@ impl Session {
             bwe.on_media_sent(payload_size.into(), is_padding, now);
         }
 
-        if !is_padding && !header.ssrc.is_probe() {
+        if !is_padding && !ssrc.is_probe() {
             self.media_bytes_tx += payload_size as u64;
         }
 
@@ -1668,8 +1673,12 @@ impl Session {
     }
 }
 
+/// Moien patch 15: what SRTP needs of the written header, not the header itself (see
+/// `StreamTx::poll_packet`).
 pub struct PacketReceipt {
-    pub header: RtpHeader,
+    pub ssrc: Ssrc,
+    pub sequence_number: u16,
+    pub header_len: usize,
     pub seq_no: SeqNo,
     pub is_padding: bool,
     pub payload_size: usize,
