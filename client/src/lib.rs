@@ -336,6 +336,8 @@ pub struct Report {
     pub active_layers: Vec<bool>,
     pub publisher_connected: bool,
     pub subscriber_connected: bool,
+    /// Datagrams the downlink bottleneck (`ClientConfig::downlink_bps`) dropped, its queue full.
+    pub downlink_dropped: u64,
     pub joined_at: Option<Instant>,
     /// Set when the session ended; the reason if the server gave one.
     pub closed: Option<String>,
@@ -1085,7 +1087,12 @@ impl Driver {
                         && !lost(self.config.downlink_loss, &buf_sub[..n])
                     {
                         match self.shaper.as_mut() {
-                            Some(sh) => sh.push(Instant::now(), src, &buf_sub[..n]),
+                            Some(sh) => {
+                                if !sh.push(Instant::now(), src, &buf_sub[..n]) {
+                                    let mut r = self.report.lock().unwrap_or_else(|e| e.into_inner());
+                                    r.downlink_dropped += 1;
+                                }
+                            }
                             None => self.subscriber.receive(src, &buf_sub[..n]),
                         }
                     }

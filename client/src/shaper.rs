@@ -34,18 +34,19 @@ impl Shaper {
         self.rate_bps = rate_bps.max(1_000);
     }
 
-    /// A datagram arrived from the network at `now`.
-    pub fn push(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+    /// A datagram arrived from the network at `now`; false if the full queue dropped it.
+    pub fn push(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
         let start = self.busy_until.map_or(now, |b| b.max(now));
         if start.saturating_duration_since(now) > self.max_delay {
             self.dropped += 1;
-            return;
+            return false;
         }
         let bits = ((data.len() + WIRE_OVERHEAD) * 8) as u64;
         let serialize = Duration::from_nanos(bits * 1_000_000_000 / self.rate_bps);
         let done = start + serialize;
         self.busy_until = Some(done);
         self.queue.push_back((done, source, data.to_vec()));
+        true
     }
 
     /// When the next datagram leaves the link.

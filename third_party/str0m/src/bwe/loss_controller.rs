@@ -10,6 +10,17 @@ use crate::{Bitrate, DataSize};
 
 use super::time::{TimeDelta, Timestamp};
 
+/// Moien patch: how long feedback must stay loss-free before a probe may end a loss-limited
+/// state (`LossController::on_probe_result`), at first.
+const PROBE_RECOVERY_WAIT_MIN: Duration = Duration::from_secs(1);
+/// Moien patch: the longest that wait grows to after recoveries that failed.
+const PROBE_RECOVERY_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Moien patch: a loss-limited state entered this soon after a probe ended the last one means
+/// the probe was wrong (a policer's burst allowance lets a short probe through): the wait doubles.
+const PROBE_RECOVERY_FAILED_WITHIN: Duration = Duration::from_secs(10);
+/// Moien patch: this long after a recovery that held, the wait is back at its minimum.
+const PROBE_RECOVERY_HELD_AFTER: Duration = Duration::from_secs(30);
+
 /// Loss controller based on libWebRTC's `LossBasedBweV2`.
 ///
 /// ## Overview
@@ -90,6 +101,16 @@ pub struct LossController {
 
     /// Previous ALR state to detect transitions
     was_in_alr: bool,
+
+    /// Moien patch: send time of the latest packet reported lost.
+    last_loss_send_time: Timestamp,
+    /// Moien patch: send time of the latest packet reported at all.
+    last_feedback_send_time: Timestamp,
+    /// Moien patch: how long feedback must stay loss-free before a probe may end a
+    /// loss-limited state; doubles after each recovery that failed.
+    probe_recovery_wait: Duration,
+    /// Moien patch: when a probe last ended a loss-limited state.
+    last_probe_recovery: Timestamp,
 }
 
 /// State of the Loss Controller
@@ -146,6 +167,11 @@ impl LossController {
             alr_start_time: None,
             link_capacity_estimate: None,
             was_in_alr: false,
+
+            last_loss_send_time: Timestamp::DistantPast,
+            last_feedback_send_time: Timestamp::DistantPast,
+            probe_recovery_wait: PROBE_RECOVERY_WAIT_MIN,
+            last_probe_recovery: Timestamp::DistantPast,
 
             config,
         };
@@ -222,6 +248,49 @@ impl LossController {
 
         // Reset cached values that depend on observations
         self.cached_instant_upper_bound = None;
+    }
+
+    /// Moien patch: whether a probe that crosses without loss may end the loss-limited state
+    /// now: the controller is loss-limited and no packet sent in the last
+    /// `probe_recovery_wait` was lost.
+    ///
+    /// The loss-limited state holds the estimate until the losses that caused it leave the
+    /// observation window (about 15 observations, 4-6 s at low rates), and until then nothing
+    /// is sent above the estimate that could show the link recovered. A downlink whose
+    /// congestion ended would wait that long, and then climb at the window's 1.3x steps.
+    pub fn probe_recovery_due(&self) -> bool {
+        self.is_bandwidth_limited_due_to_loss() && self.loss_free()
+    }
+
+    /// Moien patch: no packet sent in the last `probe_recovery_wait` was lost. Probing toward
+    /// unmet demand waits for this in every state: on a link that is losing packets, a probe
+    /// adds to the loss and, through a full queue, measures nothing new.
+    pub fn loss_free(&self) -> bool {
+        self.last_feedback_send_time.is_exact()
+            && self.last_loss_send_time + self.probe_recovery_wait <= self.last_feedback_send_time
+    }
+
+    /// Moien patch: a probe cluster crossed at `probe` without loss. If the controller is
+    /// loss-limited, its feedback has been loss-free for `probe_recovery_wait` and the probe
+    /// found more than the loss-limited estimate, the losses in the window belong to a
+    /// congestion that has ended: they are dropped (as on an ALR transition) and the estimate
+    /// follows the delay-based one again. Returns whether it did.
+    pub fn on_probe_result(&mut self, probe: Bitrate) -> bool {
+        if !self.probe_recovery_due() || probe <= self.current_estimate.loss_limited_bandwidth {
+            return false;
+        }
+        debug!(
+            "LossController: probe at {} after {:?} without loss ends the loss-limited state at {}",
+            probe, self.probe_recovery_wait, self.current_estimate.loss_limited_bandwidth
+        );
+        self.reset_observations();
+        self.current_estimate.loss_limited_bandwidth = probe;
+        self.recovering_after_loss_timestamp = Timestamp::DistantPast;
+        self.bandwidth_limit_in_current_window = Bitrate::MAX;
+        self.last_hold_info = HoldInfo::default();
+        self.set_state(LossControllerState::DelayBased);
+        self.last_probe_recovery = self.last_feedback_send_time;
+        true
     }
 
     /// Update the estimate using TWCC feedback from the network.
@@ -345,6 +414,15 @@ impl LossController {
         } else if loss_limited_bandwidth < self.delay_based_estimate
             && loss_limited_bandwidth < self.max_bitrate
         {
+            // Moien patch: losses again soon after a probe ended the last loss-limited state.
+            if self.state != LossControllerState::Decreasing
+                && self.last_probe_recovery.is_exact()
+                && self.last_probe_recovery + PROBE_RECOVERY_FAILED_WITHIN
+                    > self.last_send_time_most_recent_observation
+            {
+                self.probe_recovery_wait =
+                    (self.probe_recovery_wait * 2).min(PROBE_RECOVERY_WAIT_MAX);
+            }
             // Entering Decreasing state - set HOLD info
             if self.state != LossControllerState::Decreasing
                 && self.config.hold_duration_factor > 0.0
@@ -362,6 +440,14 @@ impl LossController {
             }
             LossControllerState::Decreasing
         } else {
+            // Moien patch: a recovery that held.
+            if self.last_probe_recovery.is_exact()
+                && self.last_probe_recovery + PROBE_RECOVERY_HELD_AFTER
+                    < self.last_send_time_most_recent_observation
+            {
+                self.probe_recovery_wait = PROBE_RECOVERY_WAIT_MIN;
+                self.last_probe_recovery = Timestamp::DistantPast;
+            }
             // Reset HOLD info when returning to DelayBased
             self.last_hold_info = HoldInfo {
                 timestamp: Timestamp::DistantPast,
@@ -438,6 +524,10 @@ impl LossController {
         };
 
         let last_send_time = Timestamp::from(summary.last_send_time);
+        if summary.num_lost_packets > 0 {
+            self.last_loss_send_time = self.last_loss_send_time.max(last_send_time);
+        }
+        self.last_feedback_send_time = self.last_feedback_send_time.max(last_send_time);
 
         self.partial_observation.update(summary);
 
@@ -1450,6 +1540,81 @@ mod test {
             );
             assert_eq!(state, LossControllerState::Decreasing);
         }
+    }
+
+    /// `n` observations 250 ms apart at `loss_rate`.
+    fn feed(
+        lbc: &mut LossController,
+        b: PacketBuilder,
+        loss_rate: f64,
+        n: usize,
+        delay_based: Bitrate,
+    ) -> PacketBuilder {
+        let mut b = b.with_loss(loss_rate);
+        for _ in 0..n {
+            let result = b.build_packets();
+            lbc.update_bandwidth_estimate(&result, delay_based);
+            b = b.forward_time(Duration::from_millis(250));
+        }
+        b
+    }
+
+    /// Moien patch: a probe ends a loss-limited state only once feedback has been loss-free for
+    /// the wait, and the wait doubles when losses come back soon after.
+    #[test]
+    fn probe_ends_loss_limited_state_after_loss_free_feedback() {
+        let mut lbc = LossController::new();
+        lbc.set_min_bitrate(Bitrate::kbps(10));
+        lbc.set_max_bitrate(Bitrate::kbps(100_000));
+        lbc.set_acknowledged_bitrate(Bitrate::kbps(300));
+        lbc.set_bandwidth_estimate(Bitrate::kbps(500));
+        let delay_based = Bitrate::kbps(2_000);
+        let b = PacketBuilder::new(Instant::now()).num_packets(10);
+
+        // Congestion: half the packets lost.
+        let b = feed(&mut lbc, b, 0.5, 8, delay_based);
+        assert_ne!(
+            lbc.loss_based_result().state,
+            LossControllerState::DelayBased
+        );
+        assert!(!lbc.probe_recovery_due());
+        assert!(
+            !lbc.on_probe_result(Bitrate::kbps(1_000)),
+            "losses just now"
+        );
+
+        // 750 ms without loss: not yet.
+        let b = feed(&mut lbc, b, 0.0, 3, delay_based);
+        assert!(!lbc.probe_recovery_due());
+        assert!(!lbc.on_probe_result(Bitrate::kbps(1_000)));
+        assert_ne!(
+            lbc.loss_based_result().state,
+            LossControllerState::DelayBased
+        );
+
+        // Past a second without loss: a probe below the estimate proves nothing, one above
+        // ends the state.
+        let b = feed(&mut lbc, b, 0.0, 2, delay_based);
+        assert!(lbc.probe_recovery_due());
+        let limited = lbc.current_estimate.loss_limited_bandwidth;
+        assert!(!lbc.on_probe_result(limited * 0.5));
+        assert!(lbc.on_probe_result(Bitrate::kbps(1_000)));
+        let result = lbc.loss_based_result();
+        assert_eq!(result.state, LossControllerState::DelayBased);
+        assert_eq!(result.bandwidth_estimate, Some(Bitrate::kbps(1_000)));
+        assert!(!lbc.probe_recovery_due(), "not loss-limited any more");
+
+        // The probe was wrong: losses again within seconds. The next recovery waits twice as
+        // long.
+        let b = feed(&mut lbc, b, 0.5, 8, delay_based);
+        assert_ne!(
+            lbc.loss_based_result().state,
+            LossControllerState::DelayBased
+        );
+        let b = feed(&mut lbc, b, 0.0, 5, delay_based);
+        assert!(!lbc.probe_recovery_due(), "1.25 s is no longer enough");
+        feed(&mut lbc, b, 0.0, 4, delay_based);
+        assert!(lbc.probe_recovery_due(), "2.25 s is");
     }
 
     struct PacketBuilder {

@@ -99,6 +99,13 @@ impl Bwe {
         now: Instant,
     ) {
         self.bwe.update(records, now);
+        // Moien patch: a probe measures the link directly; averaging it with the estimates
+        // from before (up to 3 s) would delay the layer it allows by seconds.
+        if self.bwe.take_probe_raised() {
+            if let Some(estimate) = self.bwe.last_estimate() {
+                self.smoother.restart(now, estimate);
+            }
+        }
     }
 
     pub fn poll_estimate(&mut self) -> Option<Bitrate> {
@@ -145,6 +152,15 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// Moien patch: the cause last handed to the probe control, which may change while the
+    /// estimate does not (`LossController::probe_recovery_due`).
+    last_updated_cause: Option<BandwidthLimitedCause>,
+    /// Moien patch: the loss-free flag last handed to the probe control.
+    last_updated_loss_free: Option<bool>,
+    /// Moien patch: the feedback just handled carried a probe result.
+    probe_in_update: bool,
+    /// Moien patch: a probe result raised the estimate since the last `take_probe_raised`.
+    probe_raised: bool,
 }
 
 impl SendSideBandwidthEstimator {
@@ -168,6 +184,10 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            last_updated_cause: None,
+            last_updated_loss_free: None,
+            probe_in_update: false,
+            probe_raised: false,
         }
     }
 
@@ -189,6 +209,24 @@ impl SendSideBandwidthEstimator {
 
     /// Record a packet from a TWCC report.
     pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
+        let before = self.last_estimate();
+        self.probe_in_update = false;
+        self.update_inner(records, now);
+        if self.probe_in_update && self.last_estimate() > before {
+            self.probe_raised = true;
+        }
+    }
+
+    /// Moien patch: whether a probe result raised the estimate since the last call.
+    pub fn take_probe_raised(&mut self) -> bool {
+        std::mem::take(&mut self.probe_raised)
+    }
+
+    fn update_inner<'t>(
+        &mut self,
+        records: impl Iterator<Item = &'t TwccSendRecord>,
+        now: Instant,
+    ) {
         let send_records: Vec<_> = records.collect();
         if send_records.is_empty() {
             return;
@@ -234,6 +272,7 @@ impl SendSideBandwidthEstimator {
 
         // Use the latest probe result from this update, if any
         let probe_result = latest_probe_result;
+        self.probe_in_update = probe_result.is_some();
 
         let is_probe_result = probe_result.is_some();
 
@@ -257,6 +296,12 @@ impl SendSideBandwidthEstimator {
         if in_startup_phase(self.started_at, now) && loss <= 0.001 {
             self.loss_controller.set_bandwidth_estimate(delay_estimate);
             return;
+        }
+
+        // Moien patch: a probe that crossed without loss after a loss-free spell ends a
+        // loss-limited state (`LossController::on_probe_result`).
+        if let Some(probe) = probe_result.filter(|_| lost == 0) {
+            self.loss_controller.on_probe_result(probe);
         }
 
         // When probe succeeds, set bandwidth directly
@@ -354,18 +399,25 @@ impl SendSideBandwidthEstimator {
         let Some(estimate) = self.last_estimate() else {
             return;
         };
+        let cause = self.bandwidth_limited_cause();
+        let loss_free = self.loss_controller.loss_free();
+
         // Did it change?
-        if self.last_updated_estimate == Some(estimate) {
+        if self.last_updated_estimate == Some(estimate)
+            && self.last_updated_cause == Some(cause)
+            && self.last_updated_loss_free == Some(loss_free)
+        {
             return;
         }
-
-        let cause = self.bandwidth_limited_cause();
+        self.probe_control.set_loss_free(loss_free);
 
         self.probe_control.set_estimated_bitrate(estimate, cause);
         self.alr_detector.set_estimated_bitrate(estimate);
 
         // Don't update until this changes.
         self.last_updated_estimate = Some(estimate);
+        self.last_updated_cause = Some(cause);
+        self.last_updated_loss_free = Some(loss_free);
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {
@@ -376,6 +428,10 @@ impl SendSideBandwidthEstimator {
         match self.loss_controller.loss_based_result().state {
             LossControllerState::DelayBased => BandwidthLimitedCause::DelayBasedLimited,
             LossControllerState::Increasing => BandwidthLimitedCause::LossLimitedBweIncreasing,
+            // Moien patch: loss-free long enough that a probe may end the state.
+            LossControllerState::Decreasing if self.loss_controller.probe_recovery_due() => {
+                BandwidthLimitedCause::LossLimitedBweIncreasing
+            }
             LossControllerState::Decreasing => BandwidthLimitedCause::LossLimitedBwe,
         }
     }

@@ -52,6 +52,13 @@ impl EstimateSmoother {
         }
     }
 
+    /// Moien patch: start the average afresh from `estimate`, a probe's measurement.
+    pub fn restart(&mut self, now: Instant, estimate: Bitrate) {
+        self.estimates.clear();
+        self.estimates.push_back((now, estimate));
+        self.maybe_emit = true;
+    }
+
     /// Poll for an estimate to emit. Returns Some only when there's a new value to emit.
     pub fn poll(&mut self) -> Option<Bitrate> {
         if !self.maybe_emit {

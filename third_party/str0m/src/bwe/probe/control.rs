@@ -43,6 +43,13 @@ const ESTIMATE_CHANGE_THRESHOLD: f64 = 0.05;
 /// Probe rate scale for stagnation probes (2× current estimate).
 const STAGNANT_PROBE_SCALE: f64 = 2.0;
 
+/// Moien patch: the shortest and longest waits between probes toward unmet demand
+/// (`ProbeControl::maybe_deficit`), and the rise of the estimate that counts such a probe as
+/// successful.
+const DEFICIT_PROBE_WAIT_MIN: Duration = Duration::from_secs(1);
+const DEFICIT_PROBE_WAIT_MAX: Duration = Duration::from_secs(8);
+const DEFICIT_PROBE_RAISED: f64 = 1.1;
+
 /// WebRTC's `BandwidthLimitedCause` (subset used by probing gating).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BandwidthLimitedCause {
@@ -75,6 +82,15 @@ pub struct ProbeControl {
 
     last_stagnant: Option<Instant>,
 
+    /// Moien patch: the last probe toward unmet demand, and the wait before the next.
+    deficit_last: Option<DeficitProbe>,
+    deficit_wait: Duration,
+    /// Moien patch: the estimator's feedback has been loss-free for a while
+    /// (`LossController::loss_free`).
+    loss_free: bool,
+    /// Moien patch: a loss came after the last probe toward unmet demand.
+    deficit_lossy: bool,
+
     next_cluster_id: TwccClusterId,
     pending: VecDeque<ProbeClusterConfig>,
 
@@ -89,6 +105,14 @@ struct LastProbe {
     kind: ProbeKind,
     further: Bitrate,
     was_estimate: Option<Bitrate>,
+}
+
+/// Moien patch: when the next probe toward unmet demand may go, and the estimate the last one
+/// started from.
+#[derive(Debug, Clone, Copy)]
+struct DeficitProbe {
+    next: Instant,
+    estimate: Bitrate,
 }
 
 struct LargeDrop {
@@ -114,6 +138,10 @@ impl Default for ProbeControl {
             last_probe: None,
             large_drop: None,
             last_stagnant: None,
+            deficit_last: None,
+            deficit_wait: DEFICIT_PROBE_WAIT_MIN,
+            loss_free: false,
+            deficit_lossy: false,
             pending: VecDeque::new(),
             scheduled_exponential: None,
             scheduled_periodic_alr: None,
@@ -139,6 +167,8 @@ impl ProbeControl {
             self.prev_desired = None;
             self.last_estimate_change = None;
             self.last_stagnant = None;
+            self.deficit_last = None;
+            self.deficit_wait = DEFICIT_PROBE_WAIT_MIN;
             self.last_probe = None;
             self.prev_estimate = None;
             self.scheduled_exponential = None;
@@ -177,6 +207,17 @@ impl ProbeControl {
         self.last_estimate = Some(v);
         self.last_cause = cause;
         self.request_immediate();
+    }
+
+    /// Moien patch: whether the estimator's feedback has been loss-free for a while.
+    pub fn set_loss_free(&mut self, v: bool) {
+        if !v {
+            self.deficit_lossy = true;
+        }
+        if v != self.loss_free {
+            self.loss_free = v;
+            self.request_immediate();
+        }
     }
 
     pub fn set_alr_start_time(&mut self, t: Instant) {
@@ -247,6 +288,7 @@ impl ProbeControl {
         // Try each probe type in order - only one fires per timeout.
         let _ = self.maybe_initial(now, desired, estimate)
             || self.maybe_exponential(now, desired, estimate)
+            || self.maybe_deficit(now, desired, estimate)
             || self.maybe_allocation(now, desired, prev_desired, estimate)
             || self.maybe_large_drop(now, desired, estimate)
             || self.maybe_periodic_alr(now, desired)
@@ -332,6 +374,60 @@ impl ProbeControl {
         self.queue_probe(target, ProbeKind::Exponential, desired, now);
 
         true
+    }
+
+    /// Moien patch: probe toward demand the estimate does not cover, outside ALR, at the
+    /// cause's exponential scale (2x, or 1.575x while loss-limited), then wait: 1 s after a probe
+    /// that raised the estimate with no loss since, twice the last wait (up to 8 s) after one
+    /// that did not.
+    ///
+    /// Nothing else probes there. A sender that pads up to its estimate is never in ALR, so no
+    /// periodic ALR probe; exponential probing stops once an estimate falls below the last
+    /// probe; the stagnant probe waits for an estimate unchanged for 15 s, which the delay
+    /// controller's small steps never are. Without this, a downlink whose congestion ended
+    /// climbs back at the delay controller's few percent a second (seconds to a layer).
+    /// Only after loss-free feedback: on a link losing packets a probe adds to the loss.
+    /// While loss-limited, the cause is `LossLimitedBweIncreasing` only once feedback has been
+    /// loss-free for a while, and a probe that crosses without loss ends that state
+    /// (`LossController::on_probe_result`). A failed probe costs a few packets.
+    fn maybe_deficit(&mut self, now: Instant, desired: Bitrate, estimate: Bitrate) -> bool {
+        if self.deficit_due().is_none_or(|due| now < due) || self.is_during_initial(now) {
+            return false;
+        }
+        if let Some(last) = self.deficit_last {
+            // It succeeded if the estimate it raised held without loss.
+            self.deficit_wait =
+                if !self.deficit_lossy && estimate > last.estimate * DEFICIT_PROBE_RAISED {
+                    DEFICIT_PROBE_WAIT_MIN
+                } else {
+                    (self.deficit_wait * 2).min(DEFICIT_PROBE_WAIT_MAX)
+                };
+        }
+        let target = estimate * self.last_cause.probe_scale(&self.config);
+        self.queue_probe(target, ProbeKind::Exponential, desired, now);
+        self.deficit_lossy = false;
+        self.deficit_last = Some(DeficitProbe {
+            next: now + self.deficit_wait,
+            estimate,
+        });
+        true
+    }
+
+    /// Moien patch: when the next probe toward unmet demand may go, if one is wanted: the wait
+    /// after the last one, and at least `DEFICIT_PROBE_WAIT_MIN` after any probe.
+    fn deficit_due(&self) -> Option<Instant> {
+        let (desired, estimate) = self.desired_bitrate.zip(self.last_estimate)?;
+        if !self.enabled
+            || !self.loss_free
+            || self.in_alr()
+            || desired <= estimate
+            || !self.can_probe(estimate)
+        {
+            return None;
+        }
+        let after_last = self.last_when().map(|t| t + DEFICIT_PROBE_WAIT_MIN);
+        let after_wait = self.deficit_last.map(|d| d.next);
+        Some(after_last.max(after_wait).unwrap_or_else(already_happened))
     }
 
     fn maybe_allocation(
@@ -564,6 +660,15 @@ impl ProbeControl {
     }
 
     fn compute_next_timeout(&mut self, now: Instant) -> Instant {
+        let next = self.compute_next_timeout_inner(now);
+        // Moien patch: wake for the next probe toward unmet demand.
+        match self.deficit_due() {
+            Some(due) if due > now => next.min(due),
+            _ => next,
+        }
+    }
+
+    fn compute_next_timeout_inner(&mut self, now: Instant) -> Instant {
         // Exponential probing: wait for probe result before re-probing at same estimate.
         // This handles the case where we sent a probe but haven't received updated estimate yet.
         if let Some(last) = &self.last_probe {
@@ -700,6 +805,76 @@ impl BandwidthLimitedCause {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    /// Every probe `pc` emits from `from` until `until`, with its offset from `from`.
+    fn probes_between(
+        pc: &mut ProbeControl,
+        from: Instant,
+        until: Instant,
+    ) -> Vec<(Duration, Bitrate)> {
+        let mut out = vec![];
+        let mut now = from;
+        loop {
+            now = now.max(pc.poll_timeout());
+            if now > until {
+                return out;
+            }
+            if let Some(p) = pc.handle_timeout(now) {
+                out.push((now - from, p.target_bitrate()));
+            }
+            // A timeout that produced nothing may leave the same instant due.
+            if pc.poll_timeout() <= now {
+                now += Duration::from_millis(1);
+            }
+        }
+    }
+
+    /// Moien patch: below the demand, outside ALR, probing waits for loss-free feedback, then
+    /// probes at 2x the estimate, and backs off while the probes raise nothing.
+    #[test]
+    fn deficit_probes_wait_for_loss_free_feedback_and_back_off() {
+        let mut pc = ProbeControl::new();
+        pc.enable(true);
+        let start = Instant::now();
+        pc.set_desired_bitrate(Bitrate::kbps(2_000));
+        pc.set_estimated_bitrate(Bitrate::kbps(300), BandwidthLimitedCause::DelayBasedLimited);
+        let initial = probes_between(&mut pc, start, start + Duration::from_millis(1));
+        assert_eq!(initial.len(), 2, "the initial probes");
+
+        // Losses lately: no probe toward the demand.
+        let t = start + Duration::from_millis(2);
+        assert!(probes_between(&mut pc, t, t + Duration::from_secs(3)).is_empty());
+
+        // Loss-free: a probe at 2x, then after 1 s, 2 s, 4 s and 8 s while none raises the
+        // estimate (between them, at 15 s unchanged, str0m's own stagnant probe).
+        let t = start + Duration::from_secs(3);
+        pc.set_loss_free(true);
+        let probes = probes_between(&mut pc, t, t + Duration::from_secs(16));
+        let at: Vec<u64> = probes.iter().map(|(d, _)| d.as_secs()).collect();
+        assert_eq!(at, [0, 1, 3, 7, 12, 15], "{probes:?}");
+        assert!(probes.iter().all(|(_, b)| *b == Bitrate::kbps(600)));
+
+        // Losses again: probing stops.
+        pc.set_loss_free(false);
+        let t = t + Duration::from_secs(16);
+        assert!(probes_between(&mut pc, t, t + Duration::from_secs(10)).is_empty());
+
+        // Loss-limited but loss-free for a while: the loss-limited scale.
+        pc.set_loss_free(true);
+        pc.set_estimated_bitrate(
+            Bitrate::kbps(200),
+            BandwidthLimitedCause::LossLimitedBweIncreasing,
+        );
+        let t = t + Duration::from_secs(10);
+        let probes = probes_between(&mut pc, t, t + Duration::from_millis(10));
+        assert_eq!(probes.len(), 1, "{probes:?}");
+        assert_eq!(probes[0].1.as_u64() / 1000, 315);
+
+        // No unmet demand: no probe.
+        pc.set_desired_bitrate(Bitrate::kbps(150));
+        let t = t + Duration::from_secs(10);
+        assert!(probes_between(&mut pc, t, t + Duration::from_secs(20)).is_empty());
+    }
 
     #[test]
     fn initial_exponential_probes_are_queued_and_emitted_one_per_tick() {
