@@ -7,7 +7,9 @@
 //! priority order (screen share, active speaker, pinned, others), first its lowest layer, then
 //! upgrades; a video subscription whose lowest layer does not fit is paused rather than left to
 //! collapse. The result also says how much the subscriber would like, so the bandwidth estimator
-//! probes toward the next upgrade.
+//! probes toward the next upgrade. `Sustain` holds an upgrade until padding has carried its rate.
+
+use std::time::{Duration, Instant};
 
 /// Why a subscription matters more than another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,6 +160,59 @@ pub fn allocate(budget_bps: u64, wants: &[Want]) -> Allocation {
     }
 }
 
+/// An upgrade is granted only after the padding target has asked for its rate this long.
+const SUSTAIN: Duration = Duration::from_secs(1);
+
+/// Whether a subscriber's link has carried the rate an upgrade needs. The allocation asks str0m
+/// to pad up to the next upgrade's rate (its minimum) while the subscriber is held below what
+/// it wants; an upgrade is granted once that target has covered the upgrade for `SUSTAIN`.
+///
+/// Without it, an estimate raised by probes alone granted the upgrade while the link had
+/// carried only the lower layer. The upgrade's keyframe then met an overuse detector whose
+/// figure of what got through was the lower layer's, and the estimate fell to 0.85 times that:
+/// a 600 kbit/s downlink switched five times in its first 8 s, 300 kbit/s twice
+/// (docs/PERFORMANCE.md, "Twentieth pass"). Padding first makes that figure the upgrade's
+/// rate, and finds a link that cannot carry it without spending a keyframe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sustain {
+    /// The padding target given to the estimator, bit/s, and since when.
+    padded: Option<(u64, Instant)>,
+}
+
+impl Sustain {
+    /// The padding target is now `next` bit/s (0: none). A change within 10 % keeps the time.
+    pub fn set_target(&mut self, next: u64, now: Instant) {
+        self.padded = (next > 0).then(|| match self.padded {
+            Some((rate, since)) if rate.abs_diff(next) <= rate / 10 => (rate, since),
+            _ => (next, now),
+        });
+    }
+
+    /// Whether an allocation using `used` bit/s of video may be granted at `now`.
+    pub fn allows(&self, used: u64, now: Instant) -> bool {
+        self.padded.is_some_and(|(rate, since)| {
+            rate + rate / 10 >= used && now.saturating_duration_since(since) >= SUSTAIN
+        })
+    }
+}
+
+/// Whether `allocation` raises any of `wants` above its current layer.
+pub fn upgrades(allocation: &Allocation, wants: &[Want]) -> bool {
+    allocation.grants.iter().any(|(id, grant)| {
+        let current = wants.iter().find(|w| w.id == *id).and_then(|w| w.current);
+        matches!((current, grant), (Some(c), Grant::Layer(l)) if *l > c)
+    })
+}
+
+/// Caps every video want at its current layer: the allocation then upgrades nothing.
+pub fn hold_layers(wants: &mut [Want]) {
+    for w in wants.iter_mut().filter(|w| !w.audio) {
+        if let Some(c) = w.current {
+            w.max_layer = Some(w.max_layer.map_or(c, |m| m.min(c)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +356,54 @@ mod tests {
         let a = allocate(5_000_000, &[video(1, Priority::Other)]);
         assert_eq!(a.next_bps, a.used_bps);
         assert_eq!(a.max_bps, a.used_bps);
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_padding_at_its_rate() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let mut s = Sustain::default();
+        assert!(!s.allows(500_000, t0), "no padding asked for yet");
+
+        s.set_target(500_000, ms(0));
+        assert!(!s.allows(500_000, ms(999)));
+        assert!(s.allows(500_000, ms(1_000)));
+        assert!(s.allows(540_000, ms(1_000)), "within 10 %");
+        assert!(!s.allows(600_000, ms(1_000)), "more than was padded");
+
+        // A change within 10 % keeps the time; a larger one starts it again.
+        s.set_target(530_000, ms(1_200));
+        assert!(s.allows(500_000, ms(1_300)));
+        s.set_target(900_000, ms(1_500));
+        assert!(!s.allows(900_000, ms(2_400)));
+        assert!(s.allows(900_000, ms(2_500)));
+
+        // No padding asked for (nothing to upgrade): nothing sustained.
+        s.set_target(0, ms(3_000));
+        assert!(!s.allows(100_000, ms(9_000)));
+    }
+
+    #[test]
+    fn held_layers_upgrade_nothing_and_downgrade_as_before() {
+        let mut a = video(1, Priority::Other);
+        a.current = Some(0);
+        let mut b = video(2, Priority::Other);
+        b.current = Some(2);
+        let c = video(3, Priority::Other);
+        let mut wants = vec![a, b, c, audio(4)];
+        let free = allocate(10_000_000, &wants);
+        assert!(upgrades(&free, &wants));
+        assert_eq!(grant(&free, 1), Grant::Layer(2));
+
+        hold_layers(&mut wants);
+        let held = allocate(10_000_000, &wants);
+        assert!(!upgrades(&held, &wants));
+        assert_eq!(grant(&held, 1), Grant::Layer(0));
+        assert_eq!(grant(&held, 2), Grant::Layer(2));
+        // A video not flowing yet still gets its layers: it has no current layer to hold.
+        assert_eq!(grant(&held, 3), Grant::Layer(2));
+        // Holding never stops a downgrade.
+        let tight = allocate(1_000_000, &wants);
+        assert_eq!(grant(&tight, 2), Grant::Layer(1));
     }
 }

@@ -199,6 +199,8 @@ pub(crate) struct Session {
     pub upgrade_hold_until: Option<Instant>,
     /// (used, desired) last given to the estimator, to call it only on change.
     pub bwe_target: Option<(u64, u64)>,
+    /// How long the padding target has covered the next upgrade.
+    pub sustain: crate::allocator::Sustain,
 }
 
 /// Most remote addresses one session keeps in the demux map (ICE restarts and roaming add more).
@@ -250,6 +252,7 @@ impl Session {
             last_used_bps: 0,
             upgrade_hold_until: None,
             bwe_target: None,
+            sustain: Default::default(),
         }
     }
 }

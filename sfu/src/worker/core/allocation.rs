@@ -9,7 +9,7 @@ use moien_protocol::{PauseReason, PublishLayer, ServerMessage, TrackKind, TrackS
 use str0m::bwe::Bitrate;
 
 use super::WorkerCore;
-use crate::allocator::{Grant, Priority, Want, allocate};
+use crate::allocator::{Grant, Priority, Want, allocate, hold_layers, upgrades};
 use crate::room::{SubscriptionId, TrackId, TrackLayer};
 use crate::session::{SessionId, SessionRole};
 
@@ -141,7 +141,18 @@ impl WorkerCore {
                 w.max_layer = Some(0);
             }
         }
-        let result = allocate(budget, &wants);
+        let mut result = allocate(budget, &wants);
+        // An upgrade waits until padding has carried its rate (`allocator::Sustain`); meanwhile
+        // the layers hold and the padding target is the upgrade's rate.
+        if !provisional
+            && upgrades(&result, &wants)
+            && !session.sustain.allows(result.used_bps, now)
+        {
+            let needs = result.used_bps;
+            hold_layers(&mut wants);
+            result = allocate(budget, &wants);
+            result.next_bps = result.next_bps.max(needs);
+        }
         tracing::debug!(
             session = session_id,
             budget,
@@ -253,6 +264,9 @@ impl WorkerCore {
             let reprobe = starved
                 && s.last_probe
                     .is_none_or(|t| now.saturating_duration_since(t) >= REPROBE_INTERVAL);
+            if changed {
+                s.sustain.set_target(next, now);
+            }
             if changed || reprobe {
                 if reprobe && !changed {
                     s.rtc
