@@ -118,10 +118,12 @@ async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
     slow.report(|r| assert!(r.downlink_dropped > 0, "the cap dropped nothing"));
 
     // The slow link recovers. After a second without loss a probe ends the loss-limited state
-    // and the estimate climbs by probes (str0m patch 16): 0.5-2.5 s to the next layer in 24
-    // runs, alone and beside two CPU hogs, against 1-10 s (median 4 s) while the controller
-    // held the cap's losses for its whole window. The bound covers the backoffs' worst case
-    // (a few failed probes during the cap make each wait up to 8 s).
+    // and the estimate climbs by probes (str0m patch 16), then the link carries padding at the
+    // next layer's rate for a second before the switch (`allocator::Sustain`): 2.0-5.6 s to
+    // the next layer in 8 runs (0.5-2.5 s in 24 runs without the padding second), against
+    // 1-10 s (median 4 s) while the controller held the cap's losses for its whole window.
+    // The bound covers the backoffs' worst case (a few failed probes during the cap make each
+    // wait up to 8 s).
     slow.set_downlink(None).await;
     slow.wait_until("slow goes up", Duration::from_secs(20), |r| {
         layer_of(r, &ps).is_some_and(|l| l >= 1)
@@ -183,8 +185,9 @@ async fn dynacast_stops_and_resumes_unused_layers() {
     .unwrap();
     // The subscriber's link recovers: the publisher is asked for a layer above the base again.
     // Which one depends on how fast the estimate climbs: a probe that finds the whole link at
-    // once grants f straight away, and h stays off (nobody needs it). 1.0-2.5 s in 12 runs;
-    // the bound is the one of `simulcast_follows_downlinks`.
+    // once grants f straight away, and h stays off (nobody needs it). 2.0 s in 4 runs (1.0-2.5
+    // s in 12 runs before the padding second); the bound is the one of
+    // `simulcast_follows_downlinks`.
     slow.set_downlink(None).await;
     p.wait_until("layers resumed", Duration::from_secs(20), |r| {
         r.active_layers.iter().skip(1).any(|a| *a)

@@ -165,7 +165,8 @@ const SUSTAIN: Duration = Duration::from_secs(1);
 
 /// Whether a subscriber's link has carried the rate an upgrade needs. The allocation asks str0m
 /// to pad up to the next upgrade's rate (its minimum) while the subscriber is held below what
-/// it wants; an upgrade is granted once that target has covered the upgrade for `SUSTAIN`.
+/// it wants, and str0m pads up to that target within its estimate; an upgrade is granted once
+/// the target has covered the upgrade, and the estimate the target, for `SUSTAIN`.
 ///
 /// Without it, an estimate raised by probes alone granted the upgrade while the link had
 /// carried only the lower layer. The upgrade's keyframe then met an overuse detector whose
@@ -186,6 +187,16 @@ impl Sustain {
             Some((rate, since)) if rate.abs_diff(next) <= rate / 10 => (rate, since),
             _ => (next, now),
         });
+    }
+
+    /// The estimate is `budget` bit/s: below the target, the padding cannot reach it, and the
+    /// time starts again.
+    pub fn observe_budget(&mut self, budget: u64, now: Instant) {
+        if let Some((rate, since)) = self.padded.as_mut()
+            && budget < *rate
+        {
+            *since = now;
+        }
     }
 
     /// Whether an allocation using `used` bit/s of video may be granted at `now`.
@@ -378,8 +389,14 @@ mod tests {
         assert!(!s.allows(900_000, ms(2_400)));
         assert!(s.allows(900_000, ms(2_500)));
 
+        // An estimate below the target: the padding did not reach it.
+        s.observe_budget(850_000, ms(2_600));
+        assert!(!s.allows(900_000, ms(3_500)));
+        s.observe_budget(950_000, ms(3_500));
+        assert!(s.allows(900_000, ms(3_600)));
+
         // No padding asked for (nothing to upgrade): nothing sustained.
-        s.set_target(0, ms(3_000));
+        s.set_target(0, ms(4_000));
         assert!(!s.allows(100_000, ms(9_000)));
     }
 

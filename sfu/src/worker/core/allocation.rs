@@ -142,6 +142,12 @@ impl WorkerCore {
             }
         }
         let mut result = allocate(budget, &wants);
+        if let Some(s) = self.sessions.get_mut(&session_id) {
+            s.sustain.observe_budget(budget, now);
+        }
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
         // An upgrade waits until padding has carried its rate (`allocator::Sustain`); meanwhile
         // the layers hold and the padding target is the upgrade's rate.
         if !provisional
