@@ -165,6 +165,61 @@ async fn simulcast_switching_with_end_to_end_encrypted_payloads() {
     simulcast_follows_downlinks(Some(0x5eed_cafe)).await;
 }
 
+/// Downlinks that carry the middle layer but not the top one settle on the middle layer and
+/// stay there. Before str0m patch 17 and the exact layer meter, a 600 kbit/s viewer fell back
+/// to the base layer within seconds of reaching the middle one (an overuse read a lagging
+/// acknowledged rate), and viewers at 800 kbit/s to 1 Mbit/s switched up to 16 times in 30 s
+/// (docs/PERFORMANCE.md, "Twenty-first pass").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constrained_downlinks_hold_their_layer() {
+    let _serial = SERIAL.lock().await;
+    let node = start_node().await;
+    let p = publisher(&node, "held", None).await;
+    let ps = p.participant.sid.clone();
+    let mut viewers = vec![
+        viewer(&node, "held", "600k", Some(600_000), None).await,
+        viewer(&node, "held", "800k", Some(800_000), None).await,
+    ];
+    for v in viewers.iter_mut() {
+        v.wait_until("on layer 1", Duration::from_secs(20), |r| {
+            settled_on(r, &ps, 1)
+        })
+        .await
+        .unwrap();
+    }
+    let switches = |v: &Client| {
+        v.report(|r| {
+            r.track_of(&ps, TrackKind::Video)
+                .unwrap()
+                .layer_history
+                .len()
+        })
+    };
+    let before: Vec<usize> = viewers.iter().map(switches).collect();
+    // Stability is the absence of events: watch a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for (v, before) in viewers.iter().zip(before) {
+        v.report(|r| {
+            let t = r.track_of(&ps, TrackKind::Video).unwrap();
+            let late: Vec<_> = t.layer_history[before..].iter().map(|c| c.layer).collect();
+            assert!(
+                late.is_empty(),
+                "switched to layers {late:?} after settling on 1"
+            );
+            assert!(
+                t.last_packet_at
+                    .is_some_and(|l| l.elapsed() < Duration::from_millis(300))
+            );
+        });
+        v.report(|r| assert_clean_switches(r, &ps));
+    }
+    p.leave().await.unwrap();
+    for v in viewers {
+        v.leave().await.unwrap();
+    }
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynacast_stops_and_resumes_unused_layers() {
     let _serial = SERIAL.lock().await;

@@ -15,6 +15,8 @@ pub struct BitrateMeter {
     current: usize,
     /// When the first byte was counted, to avoid reading a half-empty window as a low rate.
     first: Option<Instant>,
+    /// When the last byte was counted.
+    last: Option<Instant>,
 }
 
 impl Default for BitrateMeter {
@@ -24,6 +26,7 @@ impl Default for BitrateMeter {
             slot_start: None,
             current: 0,
             first: None,
+            last: None,
         }
     }
 }
@@ -32,18 +35,29 @@ impl BitrateMeter {
     pub fn add(&mut self, now: Instant, bytes: usize) {
         self.advance(now);
         self.first.get_or_insert(now);
+        self.last = Some(now);
         self.slots[self.current] += bytes as u64;
     }
 
-    /// Bits per second over the window (or over the time since the first byte, if shorter).
+    /// Bits per second over the window, from its start (or the first byte, if later) to the
+    /// last byte counted. Dividing by the whole window read the current slot's unfilled part
+    /// as silence (0-10 % low), and a layer the publisher had just stopped as a slower one: a
+    /// 864 kbit/s layer read 686 kbit/s 200 ms after its last packet, and the allocator
+    /// upgraded to it on that figure (docs/PERFORMANCE.md, "Twenty-first pass").
     pub fn bps(&mut self, now: Instant) -> u64 {
         self.advance(now);
-        let Some(first) = self.first else {
+        let (Some(first), Some(last), Some(slot_start)) = (self.first, self.last, self.slot_start)
+        else {
             return 0;
         };
         let total: u64 = self.slots.iter().sum();
-        let window = SLOT * SLOTS as u32;
-        let span = now.saturating_duration_since(first).clamp(SLOT, window);
+        if total == 0 {
+            return 0;
+        }
+        let window_start = slot_start
+            .checked_sub(SLOT * (SLOTS as u32 - 1))
+            .map_or(first, |s| s.max(first));
+        let span = last.saturating_duration_since(window_start).max(SLOT);
         (total * 8 * 1000) / span.as_millis().max(1) as u64
     }
 
@@ -77,8 +91,10 @@ mod tests {
         for i in 0..300u32 {
             m.add(t0 + Duration::from_millis(10 * u64::from(i)), 1_250);
         }
-        let bps = m.bps(t0 + Duration::from_millis(3_000));
-        assert!((900_000..=1_100_000).contains(&bps), "{bps}");
+        for at in [3_000, 3_040, 3_099] {
+            let bps = m.bps(t0 + Duration::from_millis(at));
+            assert!((980_000..=1_020_000).contains(&bps), "at {at} ms: {bps}");
+        }
     }
 
     #[test]
@@ -90,6 +106,25 @@ mod tests {
         }
         assert!(m.bps(t0 + Duration::from_millis(1_000)) > 0);
         assert_eq!(m.bps(t0 + Duration::from_secs(5)), 0);
+    }
+
+    #[test]
+    fn a_stream_that_just_stopped_reads_its_rate() {
+        let t0 = Instant::now();
+        let mut m = BitrateMeter::default();
+        // 3,600 bytes every 33 ms (a 864 kbit/s video layer) for 2 s, then nothing.
+        let frames = 2_000 / 33;
+        for i in 0..frames {
+            m.add(t0 + Duration::from_millis(33 * i), 3_600);
+        }
+        let stopped = t0 + Duration::from_millis(33 * (frames - 1));
+        for after in [0, 50, 150, 250] {
+            let bps = m.bps(stopped + Duration::from_millis(after));
+            assert!(
+                (850_000..=900_000).contains(&bps),
+                "{after} ms after: {bps}"
+            );
+        }
     }
 
     #[test]

@@ -96,9 +96,6 @@ pub struct LossController {
     /// ALR start time (None if not in ALR)
     alr_start_time: Option<Instant>,
 
-    /// Link capacity estimate from probes during ALR
-    link_capacity_estimate: Option<Bitrate>,
-
     /// Previous ALR state to detect transitions
     was_in_alr: bool,
 
@@ -165,7 +162,6 @@ impl LossController {
             last_hold_info: HoldInfo::default(),
 
             alr_start_time: None,
-            link_capacity_estimate: None,
             was_in_alr: false,
 
             last_loss_send_time: Timestamp::DistantPast,
@@ -221,16 +217,6 @@ impl LossController {
 
         self.alr_start_time = alr_start;
         self.was_in_alr = is_in_alr;
-    }
-
-    /// Set link capacity estimate from successful ALR probes.
-    pub fn set_link_capacity_estimate(&mut self, capacity: Option<Bitrate>) {
-        self.link_capacity_estimate = capacity;
-    }
-
-    /// Check if currently in ALR state
-    fn is_in_alr(&self) -> bool {
-        self.alr_start_time.is_some()
     }
 
     /// Reset all observations.
@@ -781,17 +767,9 @@ impl LossController {
     }
 
     fn get_candidate_bandwidth_upper_bound(&self) -> Bitrate {
+        // Moien patch 17: no longer capped, in ALR, at a link capacity read from probes
+        // (`SendSideBandwidthEstimator::update_inner` says why).
         let mut upper_bound = self.max_bitrate;
-
-        // When in ALR and we have a link capacity estimate from probes,
-        // use it as the upper bound. This prevents estimating beyond proven capacity.
-        if self.is_in_alr() {
-            if let Some(capacity) = self.link_capacity_estimate {
-                if capacity.is_valid() {
-                    upper_bound = upper_bound.min(capacity);
-                }
-            }
-        }
 
         if self.is_bandwidth_limited_due_to_loss()
             && self.bandwidth_limit_in_current_window.is_valid()

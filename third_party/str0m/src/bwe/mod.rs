@@ -25,7 +25,6 @@ mod acked_bitrate_estimator;
 mod alr_detector;
 pub(crate) mod api;
 mod delay;
-mod link_capacity_estimator;
 mod loss_controller;
 mod macros;
 mod probe;
@@ -35,7 +34,6 @@ mod time;
 use acked_bitrate_estimator::AckedBitrateEstimator;
 use alr_detector::AlrDetector;
 use delay::DelayController;
-use link_capacity_estimator::LinkCapacityEstimator;
 use loss_controller::{LossController, LossControllerState};
 use macros::log_loss;
 use smoother::EstimateSmoother;
@@ -51,8 +49,6 @@ pub use probe::ProbeClusterConfig;
 #[cfg(not(feature = "_internal_test_exports"))]
 pub(crate) use probe::ProbeClusterConfig;
 
-const INITIAL_BITRATE_WINDOW: Duration = Duration::from_millis(500);
-const BITRATE_WINDOW: Duration = Duration::from_millis(150);
 const STARTUP_PHASE: Duration = Duration::from_secs(2);
 
 pub struct Bwe {
@@ -100,8 +96,9 @@ impl Bwe {
     ) {
         self.bwe.update(records, now);
         // Moien patch: a probe measures the link directly; averaging it with the estimates
-        // from before (up to 3 s) would delay the layer it allows by seconds.
-        if self.bwe.take_probe_raised() {
+        // from before (up to 3 s) would delay the layer it allows by seconds, and keep
+        // allowing for seconds a layer it found the link cannot carry (patch 17).
+        if self.bwe.take_probe_moved() {
             if let Some(estimate) = self.bwe.last_estimate() {
                 self.smoother.restart(now, estimate);
             }
@@ -150,7 +147,6 @@ struct SendSideBandwidthEstimator {
     // First nonempty transport feedback; starts loss estimation and enables ALR probing.
     started_at: Option<Instant>,
     alr_detector: AlrDetector,
-    link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
     /// Moien patch: the cause last handed to the probe control, which may change while the
     /// estimate does not (`LossController::probe_recovery_due`).
@@ -159,8 +155,8 @@ struct SendSideBandwidthEstimator {
     last_updated_loss_free: Option<bool>,
     /// Moien patch: the feedback just handled carried a probe result.
     probe_in_update: bool,
-    /// Moien patch: a probe result raised the estimate since the last `take_probe_raised`.
-    probe_raised: bool,
+    /// Moien patch: a probe result moved the estimate since the last `take_probe_moved`.
+    probe_moved: bool,
 }
 
 impl SendSideBandwidthEstimator {
@@ -174,20 +170,16 @@ impl SendSideBandwidthEstimator {
         Self {
             delay_controller: DelayController::new(initial_bitrate),
             loss_controller,
-            acked_bitrate_estimator: AckedBitrateEstimator::new(
-                INITIAL_BITRATE_WINDOW,
-                BITRATE_WINDOW,
-            ),
+            acked_bitrate_estimator: AckedBitrateEstimator::new(),
             probe_control: ProbeControl::new(),
             probe_estimator: ProbeEstimator::new(),
             started_at: None,
             alr_detector,
-            link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
             last_updated_cause: None,
             last_updated_loss_free: None,
             probe_in_update: false,
-            probe_raised: false,
+            probe_moved: false,
         }
     }
 
@@ -212,14 +204,14 @@ impl SendSideBandwidthEstimator {
         let before = self.last_estimate();
         self.probe_in_update = false;
         self.update_inner(records, now);
-        if self.probe_in_update && self.last_estimate() > before {
-            self.probe_raised = true;
+        if self.probe_in_update && self.last_estimate() != before {
+            self.probe_moved = true;
         }
     }
 
-    /// Moien patch: whether a probe result raised the estimate since the last call.
-    pub fn take_probe_raised(&mut self) -> bool {
-        std::mem::take(&mut self.probe_raised)
+    /// Moien patch: whether a probe result moved the estimate, up or down, since the last call.
+    pub fn take_probe_moved(&mut self) -> bool {
+        std::mem::take(&mut self.probe_moved)
     }
 
     fn update_inner<'t>(
@@ -235,16 +227,15 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+        // The delay controller takes the latest probe result only (libWebRTC's
+        // FetchAndResetLastEstimatedBitrate). Moien patch 17: str0m also kept the highest
+        // result of probes sent in ALR as a link capacity that capped the loss-based estimate
+        // while in ALR. A probe's result is what crossed, a floor of the capacity rather than
+        // a ceiling, and the small probes of a low estimate read 55-65 % of a link that audio
+        // shares: a 600 kbit/s downlink padding toward its next layer sat 30 s at 347 kbit/s
+        // with no loss, its delay-based estimate at 470. libWebRTC has no such cap.
+        for (_, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
             latest_probe_result = Some(bitrate);
-
-            // Update link capacity estimator for every successful ALR probe, not just the latest.
-            // The estimator internally takes the max of all probe results, building up knowledge
-            // of proven link capacity. This differs from the delay controller, which only receives
-            // the latest probe result (matching WebRTC's FetchAndResetLastEstimatedBitrate behavior).
-            if config.is_alr_probe() {
-                self.link_capacity_estimator.update_from_probe(bitrate, now);
-            }
         }
 
         let mut acked_packets = vec![];
@@ -263,10 +254,11 @@ impl SendSideBandwidthEstimator {
         }
         acked_packets.sort_by(AckedPacket::order_by_receive_time);
 
-        for acked_packet in acked_packets.iter() {
-            self.acked_bitrate_estimator
-                .update(acked_packet.remote_recv_time, acked_packet.size);
-        }
+        self.acked_bitrate_estimator.update(
+            acked_packets
+                .iter()
+                .map(|p| (p.local_send_time, p.remote_recv_time, p.size)),
+        );
 
         let acked_bitrate = self.acked_bitrate_estimator.current_estimate();
 
@@ -371,11 +363,6 @@ impl SendSideBandwidthEstimator {
         }
 
         self.loss_controller.set_alr_start_time(alr_start_time);
-
-        // Get link capacity estimate and forward to loss controller.
-        let link_capacity = self.link_capacity_estimator.capacity_estimate(now);
-        self.loss_controller
-            .set_link_capacity_estimate(link_capacity);
 
         // Clean up expired probe cluster state
         self.probe_estimator.handle_timeout(now);
