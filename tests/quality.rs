@@ -119,9 +119,10 @@ async fn simulcast_follows_downlinks(e2ee: Option<u64>) {
 
     // The slow link recovers. After a second without loss a probe ends the loss-limited state
     // and the estimate climbs by probes (str0m patch 16), then the link carries padding at the
-    // next layer's rate for a second before the switch (`allocator::Sustain`): 2.0-5.6 s to
-    // the next layer in 8 runs (0.5-2.5 s in 24 runs without the padding second), against
-    // 1-10 s (median 4 s) while the controller held the cap's losses for its whole window.
+    // next layer's rate for a second before the switch (`allocator::Sustain`): 2.0-3.0 s to
+    // the next layer in 8 runs with str0m patch 17 (2.0-5.6 s before it; 0.5-2.5 s without
+    // the padding second), against 1-10 s (median 4 s) while the controller held the cap's
+    // losses for its whole window.
     // The bound covers the backoffs' worst case (a few failed probes during the cap make each
     // wait up to 8 s).
     slow.set_downlink(None).await;
@@ -240,9 +241,9 @@ async fn dynacast_stops_and_resumes_unused_layers() {
     .unwrap();
     // The subscriber's link recovers: the publisher is asked for a layer above the base again.
     // Which one depends on how fast the estimate climbs: a probe that finds the whole link at
-    // once grants f straight away, and h stays off (nobody needs it). 2.0 s in 4 runs (1.0-2.5
-    // s in 12 runs before the padding second); the bound is the one of
-    // `simulcast_follows_downlinks`.
+    // once grants f straight away, and h stays off (nobody needs it). 2.0-3.0 s in 4 runs with
+    // str0m patch 17 (2.0 s before it, 1.0-2.5 s in 12 runs before the padding second); the
+    // bound is the one of `simulcast_follows_downlinks`.
     slow.set_downlink(None).await;
     p.wait_until("layers resumed", Duration::from_secs(20), |r| {
         r.active_layers.iter().skip(1).any(|a| *a)
