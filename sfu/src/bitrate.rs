@@ -41,7 +41,7 @@ impl BitrateMeter {
 
     /// Bits per second over the window, from its start (or the first byte, if later) to the
     /// last byte counted. Dividing by the whole window read the current slot's unfilled part
-    /// as silence (0-10 % low), and a layer the publisher had just stopped as a slower one: a
+    /// as silence (0-10 % low), and a layer the publisher had just stopped as a slower one: an
     /// 864 kbit/s layer read 686 kbit/s 200 ms after its last packet, and the allocator
     /// upgraded to it on that figure (docs/PERFORMANCE.md, "Twenty-first pass").
     pub fn bps(&mut self, now: Instant) -> u64 {
