@@ -613,6 +613,99 @@ mod test {
         }
     }
 
+    /// Feeds `secs` of 1,000-byte packets every 16 ms (500 kbit/s), each received 10 ms after
+    /// it is sent and reported in feedback every 100 ms, as `Bwe` is fed and timed in a session.
+    fn feed_steady(bwe: &mut Bwe, start: Instant, seq: &mut u64, secs: u64) -> Instant {
+        let mut now = start;
+        let mut next_send = start;
+        let end = start + Duration::from_secs(secs);
+        while now < end {
+            now += Duration::from_millis(100);
+            let mut records = vec![];
+            while next_send + Duration::from_millis(10) <= now {
+                records.push(TwccSendRecord::test_new(
+                    TwccPacketId::new(*seq),
+                    next_send,
+                    1000,
+                    now,
+                    Some(next_send + Duration::from_millis(10)),
+                ));
+                *seq += 1;
+                next_send += Duration::from_millis(16);
+            }
+            bwe.update(records.iter(), now);
+            bwe.handle_timeout(now, false);
+        }
+        now
+    }
+
+    /// A probe of 8 packets sent at 1 Mbit/s that the link spreads out to 200 kbit/s: it
+    /// overfilled the link, so on its own it reads about 190 kbit/s.
+    fn feed_overfilling_probe(bwe: &mut Bwe, now: Instant, seq: &mut u64) -> Instant {
+        let cluster: TwccClusterId = 9.into();
+        let config = ProbeClusterConfig::new(cluster, Bitrate::mbps(1), ProbeKind::Stagnant);
+        assert!(bwe.start_probe(config, now));
+        let records: Vec<_> = (0..8u64)
+            .map(|i| {
+                let id = TwccPacketId::with_cluster(*seq + i, cluster);
+                let sent = now + Duration::from_millis(8 * i);
+                let received = now + Duration::from_millis(10 + 40 * i);
+                TwccSendRecord::test_new(id, sent, 1000, received, Some(received))
+            })
+            .collect();
+        *seq += 8;
+        let feedback_at = now + Duration::from_millis(400);
+        bwe.update(records.iter(), feedback_at);
+        bwe.end_probe(feedback_at, cluster);
+        feedback_at
+    }
+
+    #[test]
+    fn a_probe_that_overfills_the_link_reads_no_lower_than_most_of_the_acknowledged_rate() {
+        let mut bwe = Bwe::new(Bitrate::kbps(300));
+        let mut seq = 0;
+        let now = feed_steady(&mut bwe, Instant::now(), &mut seq, 4);
+        let acked = bwe.bwe.acked_bitrate_estimator.current_estimate().unwrap();
+        assert!(
+            (450_000.0..=520_000.0).contains(&acked.as_f64()),
+            "acknowledged {acked}"
+        );
+        let before = bwe.last_estimate().unwrap();
+        assert!(
+            before > Bitrate::kbps(400),
+            "estimate before the probe {before}"
+        );
+
+        feed_overfilling_probe(&mut bwe, now, &mut seq);
+        let after = bwe.last_estimate().unwrap();
+        // Taken as read, the probe would set 190 kbit/s, below the 500 kbit/s that crosses.
+        // The floor counts the probe's own packets in the acknowledged rate.
+        let acked = bwe.bwe.acked_bitrate_estimator.current_estimate().unwrap();
+        let floor = (acked * PROBE_DROP_THROUGHPUT_FRACTION).min(before);
+        assert!(
+            after >= floor * 0.99 && after > Bitrate::kbps(300) && after < before,
+            "estimate {after} after the probe; floor {floor}, before {before}"
+        );
+    }
+
+    #[test]
+    fn a_probe_that_moves_the_estimate_restarts_the_smoothed_estimate() {
+        let mut bwe = Bwe::new(Bitrate::kbps(300));
+        let mut seq = 0;
+        let now = feed_steady(&mut bwe, Instant::now(), &mut seq, 4);
+        while bwe.poll_estimate().is_some() {}
+        let before = bwe.last_estimate().unwrap();
+
+        let now = feed_overfilling_probe(&mut bwe, now, &mut seq);
+        let after = bwe.last_estimate().unwrap();
+        assert!(after < before * 0.95, "probe moved {before} to {after}");
+        // The smoother's 3 s average would still read near `before`; the layer allocation
+        // must see the probe's measurement at once.
+        assert_eq!(bwe.poll_estimate(), Some(after));
+        bwe.handle_timeout(now, false);
+        assert_eq!(bwe.poll_estimate(), None, "the restarted average holds");
+    }
+
     #[test]
     fn bitrate_targets_survive_estimator_reset() {
         let mut bwe = Bwe::new(Bitrate::kbps(300));
