@@ -193,7 +193,6 @@ pub(crate) struct Session {
     /// Sending sessions: the bandwidth estimate toward the client, bit/s.
     pub bwe_bps: u64,
     pub last_allocation: Option<Instant>,
-    pub last_probe: Option<Instant>,
     /// What the last allocation used, and until when an upgrade is protected from dips.
     pub last_used_bps: u64,
     pub upgrade_hold_until: Option<Instant>,
@@ -248,7 +247,6 @@ impl Session {
             nack_counts: HashMap::new(),
             bwe_bps: INITIAL_BWE_BPS,
             last_allocation: None,
-            last_probe: None,
             last_used_bps: 0,
             upgrade_hold_until: None,
             bwe_target: None,

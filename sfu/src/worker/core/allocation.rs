@@ -20,8 +20,6 @@ pub(super) const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
 const DYNACAST_OFF_DELAY: Duration = Duration::from_secs(2);
 /// After an upgrade, estimate dips are ignored this long (the new layer's keyframe burst).
 const UPGRADE_HOLD: Duration = Duration::from_secs(2);
-/// A subscriber held below what it wants probes its link again this often.
-const REPROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// First wait before a bandwidth-paused video tries its base layer again, and the longest.
 pub(crate) const RESUME_BACKOFF_MIN: Duration = Duration::from_secs(4);
 const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(32);
@@ -261,25 +259,16 @@ impl WorkerCore {
             let starved = result.next_bps > result.used_bps;
             let next = if starved { result.next_bps } else { 0 };
             let desired = (result.max_bps + result.max_bps / 4).max(next).max(1);
-            // Re-arm only on a real change: every raise may start a probe. While the subscriber
-            // wants more than it gets, raise again now and then: a link that recovered is only
-            // found by probing it (str0m probes when `desired` goes up).
+            // Re-arm only on a real change: every raise may start a probe. A subscriber held
+            // below what it wants finds a recovered link through str0m's own probes toward
+            // unmet demand (patch 16). Raising `desired` every 2 s to force a probe as well
+            // overfilled lossy links: a 600 kbit/s viewer at 2 % loss spent 7 s of 25 on its
+            // middle layer with it, 17 s without (docs/PERFORMANCE.md, "Twenty-second pass").
             let changed = s
                 .bwe_target
                 .is_none_or(|(n, d)| n.abs_diff(next) > n / 10 || d.abs_diff(desired) > d / 10);
-            let reprobe = starved
-                && s.last_probe
-                    .is_none_or(|t| now.saturating_duration_since(t) >= REPROBE_INTERVAL);
             if changed {
                 s.sustain.set_target(next, now);
-            }
-            if changed || reprobe {
-                if reprobe && !changed {
-                    s.rtc
-                        .bwe()
-                        .set_bitrate(Bitrate::bps(next), Bitrate::bps(desired.saturating_sub(1)));
-                }
-                s.last_probe = Some(now);
                 s.bwe_target = Some((next, desired));
                 s.rtc
                     .bwe()
