@@ -29,11 +29,10 @@ const PROBE_RECOVERY_HELD_AFTER: Duration = Duration::from_secs(30);
 /// Estimation of an assumed Bernoulli distribution. This allows it to distinguish congestion
 /// induced loss from this inherent loss.
 ///
-/// The controller integrates with ALR (Application Limited Region) detection and link capacity
-/// tracking. When in ALR, it uses proven link capacity from successful ALR probes as an upper
-/// bound on estimates, preventing overestimation in application-limited scenarios. When
-/// transitioning into or out of ALR, the controller resets its observation window to avoid
-/// mixing traffic patterns from different network utilization regimes.
+/// The controller integrates with ALR (Application Limited Region) detection: when
+/// transitioning into or out of ALR, it resets its observation window to avoid mixing traffic
+/// patterns from different network utilization regimes. (Moien patch 17 removed the cap at a
+/// link capacity read from ALR probes; libWebRTC has none.)
 ///
 /// The estimate is bounded by the output of the delay-based estimator, meaning this controller
 /// can only reduce estimates (acting as a safety cap), not increase them.

@@ -8,7 +8,6 @@
 //! - Loss-based control (with inherent loss rate estimation)
 //! - Probe controller with state machine and multi-stage probing strategy
 //! - ALR (Application Limited Region) detection and periodic probing
-//! - Link capacity estimation from ALR probes
 //!
 //! The probe controller in particular closely matches WebRTC's `ProbeController` behavior
 //! and default constants, enabling compatible bandwidth discovery with WebRTC endpoints.
