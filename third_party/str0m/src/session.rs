@@ -43,6 +43,11 @@ use crate::util::{Soonest, SystemTimeExt, already_happened, coarse, not_happenin
 use crate::{Reason, net};
 use crate::{RtcConfig, RtcError};
 
+/// Moien patch 18: the IPv4 and UDP headers around each datagram, counted with it as sent
+/// (`Session::build_packet`). libWebRTC takes the overhead of the selected candidate pair
+/// (IPv6 adds 20, TURN 4-36); IPv4 over UDP is what media nodes serve.
+const TRANSPORT_OVERHEAD: usize = 28;
+
 /// Minimum interval between NACK polls. Per-packet retries also wait for RTT.
 /// Keep this high enough to avoid additional problems in very bad network conditions.
 const NACK_MIN_INTERVAL: Duration = Duration::from_millis(33);
@@ -1362,10 +1367,6 @@ impl Session {
             crate::log_stat!("PACKET_SENT", ssrc, payload_size, kind);
         }
 
-        if !outside_estimate {
-            self.pacer.register_send(now, payload_size.into(), midrid);
-        }
-
         if let Some(raw_packets) = &mut self.raw_packets {
             // A debugging aid: the header is read back from what was written.
             if let Some(header) = RtpHeader::parse(buf, exts) {
@@ -1375,6 +1376,16 @@ impl Session {
 
         let protected = srtp_tx.protect_rtp_parts(buf, header_len, ssrc, sequence_number, *seq_no);
 
+        // Moien patch 18: the pacer, the TWCC register and the estimator count what the link
+        // carries, as libWebRTC does (send-side estimation with overhead): the RTP header, the
+        // SRTP tag and the IP and UDP headers, not the payload alone. Counted as payload, a
+        // probe of 160-byte padding packets read 72 % of what the link carried for it.
+        let wire_size = protected.len() + TRANSPORT_OVERHEAD;
+
+        if !outside_estimate {
+            self.pacer.register_send(now, wire_size.into(), midrid);
+        }
+
         if twcc_enabled {
             let packet_id = if let Some(cluster) = cluster_id {
                 TwccPacketId::with_cluster(twcc_seq, cluster)
@@ -1382,12 +1393,12 @@ impl Session {
                 TwccPacketId::new(twcc_seq)
             };
             self.twcc_tx_register
-                .register_seq(packet_id, now, payload_size);
+                .register_seq(packet_id, now, wire_size);
         }
 
         // Update BWE subsystem
         if let Some(bwe) = self.bwe.as_mut().filter(|_| !outside_estimate) {
-            bwe.on_media_sent(payload_size.into(), is_padding, now);
+            bwe.on_media_sent(wire_size.into(), is_padding, now);
         }
 
         if !is_padding && !ssrc.is_probe() {
