@@ -3,6 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+/// What a forwarded packet adds on the subscriber's link beyond its RTP header and payload:
+/// the SRTP tag (16 bytes with AES-GCM) and the IPv4 and UDP headers (28). The estimate the
+/// layers are fitted into counts them too (str0m patch 18).
+pub const PACKET_OVERHEAD: usize = 44;
+
 const SLOTS: usize = 10;
 const SLOT: Duration = Duration::from_millis(100);
 

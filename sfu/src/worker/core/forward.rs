@@ -153,7 +153,10 @@ impl WorkerCore {
         let Some(l) = track.layers.get_mut(layer) else {
             return;
         };
-        l.meter.add(now, pkt.payload.len() + pkt.header.header_len);
+        l.meter.add(
+            now,
+            pkt.payload.len() + pkt.header.header_len + crate::bitrate::PACKET_OVERHEAD,
+        );
         l.last_packet = Some(now);
         if keyframe {
             l.keyframes.keyframe_seen();
