@@ -26,12 +26,23 @@ async fn viewer(
     downlink: Option<u64>,
     e2ee: Option<u64>,
 ) -> Client {
+    let mut c = viewer_config(node, room, name, downlink);
+    c.e2ee_key = e2ee;
+    Client::connect(c).await.expect("viewer joins")
+}
+
+/// A subscriber that publishes nothing, behind a downlink of `downlink` bit/s if given.
+fn viewer_config(
+    node: &moien::Node,
+    room: &str,
+    name: &str,
+    downlink: Option<u64>,
+) -> ClientConfig {
     let mut c = ClientConfig::new(ws_url(node), token(room, name, false, true));
     c.publish_audio = false;
     c.publish_video = false;
     c.downlink_bps = downlink;
-    c.e2ee_key = e2ee;
-    Client::connect(c).await.expect("viewer joins")
+    c
 }
 
 fn layer_of(r: &Report, publisher: &str) -> Option<u8> {
@@ -231,10 +242,7 @@ async fn a_lossy_downlink_gets_the_layer_it_carries() {
     let node = start_node().await;
     let p = publisher(&node, "lossy", None).await;
     let ps = p.participant.sid.clone();
-    let mut c = ClientConfig::new(ws_url(&node), token("lossy", "viewer", false, true));
-    c.publish_audio = false;
-    c.publish_video = false;
-    c.downlink_bps = Some(600_000);
+    let mut c = viewer_config(&node, "lossy", "viewer", Some(600_000));
     c.downlink_loss = 0.03;
     let mut v = Client::connect(c).await.expect("viewer joins");
     v.wait_until("on layer 1", Duration::from_secs(10), |r| {
