@@ -1771,6 +1771,17 @@ impl Rtc {
                         Pii(destination),
                         proto,
                     );
+                    // Moien patch 19: the estimate counts this pair's headers.
+                    let relayed = self
+                        .ice
+                        .local_candidates()
+                        .any(|c| c.addr() == source && c.kind() == CandidateKind::Relayed);
+                    self.session
+                        .set_transport_overhead(session::transport_overhead(
+                            proto,
+                            destination,
+                            relayed,
+                        ));
                     self.send_addr = Some(SendAddr {
                         proto,
                         source,
@@ -2467,6 +2478,9 @@ pub fn init_crypto_default() {
 #[cfg(test)]
 mod test {
     use std::panic::UnwindSafe;
+    use std::time::Duration;
+
+    use crate::net::Receive;
 
     use super::*;
 
@@ -2488,6 +2502,62 @@ mod test {
     fn event_is_reasonably_sized() {
         let n = std::mem::size_of::<Event>();
         assert!(n < 530);
+    }
+
+    /// Moves every datagram `from` has to send into `to`; whether there was any.
+    fn pump(from: &mut Rtc, to: &mut Rtc, now: Instant) -> bool {
+        let mut moved = false;
+        loop {
+            match from.poll_output().unwrap() {
+                Output::Transmit(t) => {
+                    moved = true;
+                    let r = Receive::new(t.proto, t.source, t.destination, &t.contents).unwrap();
+                    to.handle_input(Input::Receive(now, r)).unwrap();
+                }
+                Output::Timeout(_) => return moved,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    /// Connects a full-ICE peer at `client` to an ICE-lite one at `server` (both host
+    /// candidates, one data channel), moving datagrams between them until both have nominated
+    /// a pair; returns the pair `(client, server)`.
+    fn nominated(client: &str, server: &str) -> (Rtc, Rtc) {
+        crate::init_crypto_default();
+        let mut now = Instant::now();
+        let (ca, sa): (SocketAddr, SocketAddr) = (client.parse().unwrap(), server.parse().unwrap());
+        let mut c = Rtc::new(now);
+        let mut s = RtcConfig::new().set_ice_lite(true).build(now);
+        c.add_local_candidate(Candidate::host(ca, "udp").unwrap());
+        s.add_local_candidate(Candidate::host(sa, "udp").unwrap());
+        let mut change = c.sdp_api();
+        change.add_channel("x".into());
+        let (offer, pending) = change.apply().unwrap();
+        let answer = s.sdp_api().accept_offer(offer).unwrap();
+        c.sdp_api().accept_answer(pending, answer).unwrap();
+        for _ in 0..2000 {
+            let moved = pump(&mut c, &mut s, now) | pump(&mut s, &mut c, now);
+            if c.send_addr.is_some() && s.send_addr.is_some() && c.is_connected() {
+                return (c, s);
+            }
+            if !moved {
+                now += Duration::from_millis(10);
+                c.handle_input(Input::Timeout(now)).unwrap();
+                s.handle_input(Input::Timeout(now)).unwrap();
+            }
+        }
+        panic!("no pair nominated");
+    }
+
+    #[test]
+    fn the_nominated_pair_sets_the_transport_overhead() {
+        let (c, s) = nominated("1.1.1.1:1000", "2.2.2.2:2000");
+        assert_eq!(c.session.transport_overhead(), 28);
+        assert_eq!(s.session.transport_overhead(), 28);
+        let (c, s) = nominated("[2001:db8::1]:1000", "[2001:db8::2]:2000");
+        assert_eq!(c.session.transport_overhead(), 48);
+        assert_eq!(s.session.transport_overhead(), 48);
     }
 }
 
