@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# A clean clone builds once: incremental state would only add gigabytes to target/.
+export CARGO_INCREMENTAL ?= 0
 
 .PHONY: run test deps deps-run build lint test-rust test-str0m test-api test-browser bench bench-turn bench-workers pgo clean
 

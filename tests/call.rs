@@ -144,3 +144,40 @@ async fn three_clients_then_a_late_joiner_then_a_leaver() {
     d.leave().await.unwrap();
     node.shutdown().await;
 }
+
+/// One dual-stack media socket (`bind = "::"`) carries an IPv4 and an IPv6 participant in one
+/// call: the IPv4 one reaches it as IPv4-mapped IPv6 and is answered from the IPv4 candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_and_ipv6_participants_share_a_dual_stack_node() {
+    let node = start_node_with(|c| {
+        c.media.bind = "::".parse().unwrap();
+        c.media.public_ips = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    })
+    .await;
+    let connect = |identity: &str, ip: &str| {
+        let mut config =
+            moien_client::ClientConfig::new(ws_url(&node), token("dual", identity, true, true));
+        config.bind_ip = ip.parse().unwrap();
+        moien_client::Client::connect(config)
+    };
+    let mut v4 = connect("four", "127.0.0.1").await.expect("IPv4 joins");
+    let mut v6 = connect("six", "::1").await.expect("IPv6 joins");
+    let (sid4, sid6) = (v4.participant.sid.clone(), v6.participant.sid.clone());
+    v4.wait_until("media over IPv6", MEDIA_TIMEOUT, |r| {
+        receives_all(r, &[&sid6])
+    })
+    .await
+    .unwrap();
+    v6.wait_until("media over IPv4", MEDIA_TIMEOUT, |r| {
+        receives_all(r, &[&sid4])
+    })
+    .await
+    .unwrap();
+    for (client, from) in [(&v4, &sid6), (&v6, &sid4)] {
+        client.report(|r| {
+            for t in r.tracks_of(from) {
+                assert_eq!(t.corrupt_payloads, 0, "corrupt payload from {from}");
+            }
+        });
+    }
+}

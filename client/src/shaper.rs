@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Per-datagram overhead of IP and UDP headers on the wire.
+/// Per-datagram overhead of IP and UDP headers on the wire: IPv4's, and IPv6's.
 const WIRE_OVERHEAD: usize = 28;
+const WIRE_OVERHEAD_IPV6: usize = 48;
 
 pub struct Shaper {
     rate_bps: u64,
@@ -38,7 +39,13 @@ impl Shaper {
         if start.saturating_duration_since(now) > self.max_delay {
             return false;
         }
-        let bits = ((data.len() + WIRE_OVERHEAD) * 8) as u64;
+        // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6: IPv4 on the wire.
+        let overhead = if source.ip().to_canonical().is_ipv4() {
+            WIRE_OVERHEAD
+        } else {
+            WIRE_OVERHEAD_IPV6
+        };
+        let bits = ((data.len() + overhead) * 8) as u64;
         let serialize = Duration::from_nanos(bits * 1_000_000_000 / self.rate_bps);
         let done = start + serialize;
         self.busy_until = Some(done);
@@ -82,5 +89,18 @@ mod tests {
             released += 1;
         }
         assert_eq!(released, 5);
+    }
+
+    #[test]
+    fn ipv6_datagrams_carry_their_longer_header() {
+        let t0 = Instant::now();
+        let mut s = Shaper::new(1_000_000, Duration::from_millis(100));
+        // 1,202 bytes and 48 of IPv6 and UDP: 10 ms at 1 Mbit/s.
+        s.push(t0, "[2001:db8::1]:1".parse().unwrap(), &[0u8; 1_202]);
+        assert_eq!(s.next_release().unwrap() - t0, Duration::from_millis(10));
+        // IPv4-mapped: IPv4 on the wire, 1,222 bytes and 28 take the next 10 ms.
+        s.push(t0, "[::ffff:192.0.2.1]:1".parse().unwrap(), &[0u8; 1_222]);
+        s.pop(t0 + Duration::from_millis(10)).unwrap();
+        assert_eq!(s.next_release().unwrap() - t0, Duration::from_millis(20));
     }
 }

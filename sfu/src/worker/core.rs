@@ -303,9 +303,12 @@ impl WorkerCore {
     }
 
     fn local_addr_for(&self, source: SocketAddr) -> SocketAddr {
+        // A dual-stack socket (`bind = "::"`) reports IPv4 peers as IPv4-mapped IPv6: they
+        // sent to the IPv4 candidate.
+        let ipv4 = source.ip().to_canonical().is_ipv4();
         self.local_addrs
             .iter()
-            .find(|a| a.is_ipv4() == source.is_ipv4())
+            .find(|a| a.is_ipv4() == ipv4)
             .or_else(|| self.local_addrs.first())
             .copied()
             .unwrap_or(source)
