@@ -38,6 +38,10 @@ pub struct LeakyBucketPacer {
     media_debt: DataSize,
     /// The current padding debt.
     padding_debt: DataSize,
+    /// Moien patch 20: padding the rate allowed while the debt sat at zero (a late wake-up),
+    /// up to a `PADDING_BURST_INTERVAL` of it; the next padding request sends it, and it does
+    /// not count as debt.
+    padding_credit: DataSize,
     /// The longest the average packet can spend in the queue before we force it to be drained.
     queue_limit: Duration,
     /// The queue states given by last handle_timeout.
@@ -144,6 +148,7 @@ impl LeakyBucketPacer {
             next_poll_time: None,
             media_debt: DataSize::ZERO,
             padding_debt: DataSize::ZERO,
+            padding_credit: DataSize::ZERO,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             queue_states: vec![],
             next_poll_queue: None,
@@ -302,6 +307,16 @@ impl LeakyBucketPacer {
         self.media_debt = self
             .media_debt
             .saturating_sub(self.adjusted_bitrate * elapsed);
+        // Moien patch 20: the debt is drained at a wake-up, so the time between its reaching
+        // zero and that wake-up went unused. Every wake-up comes somewhat late (epoll counts
+        // whole milliseconds; a busy thread), and padding sent 91 % of its rate with wake-ups
+        // 0.5 ms late: an SFU padding toward a layer's rate never showed the estimator a link
+        // that could not carry it.
+        if self.padding_bitrate > Bitrate::ZERO {
+            let unused = (self.padding_bitrate * elapsed).saturating_sub(self.padding_debt);
+            self.padding_credit =
+                (self.padding_credit + unused).min(self.padding_bitrate * PADDING_BURST_INTERVAL);
+        }
         self.padding_debt = self
             .padding_debt
             .saturating_sub(self.padding_bitrate * elapsed);
@@ -454,7 +469,9 @@ impl LeakyBucketPacer {
     }
 
     fn add_padding_debt(&mut self, size: DataSize) {
-        self.padding_debt += size;
+        let covered = size.min(self.padding_credit);
+        self.padding_credit = self.padding_credit.saturating_sub(covered);
+        self.padding_debt += size.saturating_sub(covered);
         self.padding_debt = self
             .padding_debt
             .min(self.padding_bitrate * MAX_DEBT_IN_TIME);
@@ -521,8 +538,9 @@ impl LeakyBucketPacer {
             return None;
         }
 
-        // We can generate padding
-        let padding = (self.padding_bitrate * PADDING_BURST_INTERVAL).as_bytes_usize();
+        // We can generate padding, with what late wake-ups left unsent (Moien patch 20).
+        let padding =
+            (self.padding_bitrate * PADDING_BURST_INTERVAL + self.padding_credit).as_bytes_usize();
 
         Some(PaddingRequest {
             midrid: queue.midrid,
@@ -923,7 +941,9 @@ mod test {
             now + duration_ms(165),
             "The queued padding packet should be drained",
             |packet| {
-                assert_eq!(packet.size(), 2);
+                // 5 ms of padding, and 5 ms of credit from the quiet time before it (Moien
+                // patch 20; upstream: 2).
+                assert_eq!(packet.size(), 4);
                 assert_eq!(packet.header.sequence_number, 0);
             },
         );
@@ -971,6 +991,27 @@ mod test {
             "Expected reuslting total rate to be within expected bounds. \
             total_rate={total_rate}, media_rate={media_rate}, padding_rate={padding_rate}, \
             config={config:?}, lower_bound={lower_bound}, upper_bound={upper_bound}"
+        );
+    }
+
+    /// Moien patch 20: padding keeps its rate when every wake-up comes late. A wake-up that
+    /// came 0.5 ms after the padding debt had drained lost those 0.5 ms of the 5 ms cycle.
+    #[test]
+    fn padding_keeps_its_rate_through_late_wake_ups() {
+        let config = RealisticTestConfig {
+            media_rate: Bitrate::kbps(150),
+            padding_rate: Bitrate::kbps(1000),
+            max_overshoot_factor: 0.0,
+            wake_late: Duration::from_micros(500),
+            pacing_factor: 1.1,
+            ..Default::default()
+        };
+        let (media_rate, padding_rate, total_rate) = run_realistic_test(config);
+        let ratio = total_rate.as_f64() / config.padding_rate.as_f64();
+        assert!(
+            (0.98..=1.05).contains(&ratio),
+            "total {total_rate} ({ratio:.3} of the target), media {media_rate}, \
+            padding {padding_rate}"
         );
     }
 
@@ -1250,6 +1291,11 @@ mod test {
         spike_probability: u8,
         max_overshoot_factor: f32,
         frame_pacing: Duration,
+        /// How late every wake-up for the pacer comes (a timer's resolution, a busy thread).
+        wake_late: Duration,
+        /// The pacing rate over the padding rate (`PacerControl`'s `PACING_FACTOR` when
+        /// padding reaches the estimate).
+        pacing_factor: f64,
     }
 
     impl Default for RealisticTestConfig {
@@ -1261,6 +1307,8 @@ mod test {
                 spike_probability: 0,
                 max_overshoot_factor: 0.25,
                 frame_pacing: Duration::from_millis(33), // ~30 FPS
+                wake_late: Duration::ZERO,
+                pacing_factor: 1.0,
             }
         }
     }
@@ -1276,12 +1324,14 @@ mod test {
             spike_probability,
             max_overshoot_factor,
             frame_pacing,
+            wake_late,
+            pacing_factor,
         } = config;
 
         let base = Instant::now();
         let mut queue = Queue::default();
         let mut pacer = LeakyBucketPacer::new(media_rate);
-        pacer.set_pacing_rate(padding_rate);
+        pacer.set_pacing_rate(padding_rate * pacing_factor);
         pacer.set_padding_rate(padding_rate);
 
         let mut last_media_at = base - frame_pacing - Duration::from_millis(1);
@@ -1333,7 +1383,12 @@ mod test {
                 frame_pacing.saturating_sub((base + elapsed).duration_since(last_media_at));
 
             if sleep_until_poll < sleep_until_media {
-                elapsed += sleep_until_poll;
+                // A re-poll right after a send runs in the same pass; a timer wakes late.
+                let late = match timeout.1 {
+                    Reason::Pacer(PacerReason::Immediate) => Duration::ZERO,
+                    _ => wake_late,
+                };
+                elapsed += sleep_until_poll + late;
 
                 queue.update_average_queue_time(base + elapsed);
                 if let Some(padding_request) =
