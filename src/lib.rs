@@ -162,7 +162,8 @@ async fn start_turn(
     }
     // Relayed calls reach the SFU's media sockets (also on loopback or a private network),
     // and only those of our own ports.
-    let advertised = config.media.advertised_ips();
+    // Checked when the media plane started.
+    let advertised = config.media.advertised_ips().unwrap_or_default();
     for a in media_addrs {
         tc.allowed_peer_addrs.push(*a);
         for ip in &advertised {

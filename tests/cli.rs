@@ -131,6 +131,26 @@ fn serve_refuses_to_start_without_a_secret_outside_dev() {
 }
 
 #[test]
+fn serve_refuses_a_wildcard_media_bind_without_public_ips() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--http",
+            "127.0.0.1:0",
+            "--media-port",
+            "0",
+            "--media-bind",
+            "0.0.0.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set [media] public_ips"), "{err}");
+}
+
+#[test]
 fn serve_rejects_unknown_options() {
     let out = Command::new(BIN)
         .args([

@@ -59,12 +59,51 @@ impl MediaConfig {
         }
     }
 
-    pub fn advertised_ips(&self) -> Vec<IpAddr> {
-        if self.public_ips.is_empty() {
+    /// The addresses put in ICE candidates; an error if one is a wildcard, which no client can
+    /// send to (a node bound to `0.0.0.0` or `::` without `public_ips` used to start and
+    /// then fail every call's ICE).
+    pub fn advertised_ips(&self) -> Result<Vec<IpAddr>, String> {
+        let ips = if self.public_ips.is_empty() {
             vec![self.bind]
         } else {
             self.public_ips.clone()
+        };
+        match ips.iter().find(|ip| ip.is_unspecified()) {
+            Some(ip) if self.public_ips.is_empty() => Err(format!(
+                "[media] bind {ip} listens on every address, and clients need one to send to: \
+                 set [media] public_ips (MOIEN_MEDIA_PUBLIC_IPS, --public-ip) to the addresses \
+                 clients reach"
+            )),
+            Some(ip) => Err(format!(
+                "[media] public_ips lists {ip}, which no client can send to: list the addresses \
+                 clients reach"
+            )),
+            None => Ok(ips),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_needs_public_ips() {
+        let mut c = MediaConfig {
+            bind: "::".parse().unwrap(),
+            ..MediaConfig::default()
+        };
+        let e = c.advertised_ips().unwrap_err();
+        assert!(e.contains("public_ips"), "{e}");
+        c.public_ips = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        assert_eq!(c.advertised_ips().unwrap(), c.public_ips);
+        c.public_ips.push("0.0.0.0".parse().unwrap());
+        let e = c.advertised_ips().unwrap_err();
+        assert!(e.contains("lists 0.0.0.0"), "{e}");
+        assert_eq!(
+            MediaConfig::default().advertised_ips().unwrap(),
+            vec![IpAddr::from([127, 0, 0, 1])]
+        );
     }
 }
 

@@ -76,14 +76,16 @@ impl MediaNode {
         let placement: Placement = Arc::new(DashMap::new());
         let factory = RtcFactory::new();
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(NODE_EVENT_QUEUE);
+        let advertised_ips = config
+            .advertised_ips()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut workers = Vec::new();
         for index in 0..config.worker_count() {
             let socket = worker::bind(&config, index)?;
             let port = socket.local_addr()?.port();
-            let advertised: Vec<SocketAddr> = config
-                .advertised_ips()
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port))
+            let advertised: Vec<SocketAddr> = advertised_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
                 .collect();
             workers.push(worker::spawn(
                 index,
