@@ -130,19 +130,21 @@ fn serve_refuses_to_start_without_a_secret_outside_dev() {
     assert!(err.contains("secret"), "{err}");
 }
 
+/// `moien serve --dev` with signaling and media on free ports.
+const DEV_ON_FREE_PORTS: [&str; 6] = [
+    "serve",
+    "--dev",
+    "--http",
+    "127.0.0.1:0",
+    "--media-port",
+    "0",
+];
+
 #[test]
 fn serve_refuses_a_wildcard_media_bind_without_public_ips() {
     let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--http",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-            "--media-bind",
-            "0.0.0.0",
-        ])
+        .args(DEV_ON_FREE_PORTS)
+        .args(["--media-bind", "0.0.0.0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -153,14 +155,7 @@ fn serve_refuses_a_wildcard_media_bind_without_public_ips() {
 #[test]
 fn serve_rejects_unknown_options() {
     let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--http",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-        ])
+        .args(DEV_ON_FREE_PORTS)
         .env("MOIEN_MEDIA_PROT", "1")
         .output()
         .unwrap();
