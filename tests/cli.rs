@@ -6,6 +6,9 @@ use std::process::{Command, Stdio};
 
 use moien_signaling::auth;
 
+mod common;
+use common::DEV_ON_FREE_PORTS;
+
 const BIN: &str = env!("CARGO_BIN_EXE_moien");
 
 #[test]
@@ -129,16 +132,6 @@ fn serve_refuses_to_start_without_a_secret_outside_dev() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("secret"), "{err}");
 }
-
-/// `moien serve --dev` with signaling and media on free ports.
-const DEV_ON_FREE_PORTS: [&str; 6] = [
-    "serve",
-    "--dev",
-    "--http",
-    "127.0.0.1:0",
-    "--media-port",
-    "0",
-];
 
 #[test]
 fn serve_refuses_a_wildcard_media_bind_without_public_ips() {

@@ -801,20 +801,13 @@ async fn dashboards_and_alerts_query_a_live_node_through_prometheus() {
 
     // The node, every listener on a free port.
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--dev",
-        "--http",
-        "127.0.0.1:0",
-        "--media-port",
-        "0",
-    ])
-    .args(["--workers", "2"])
-    .env_remove("MOIEN_SECRET")
-    .env("MOIEN_TURN_LISTEN_UDP", "127.0.0.1:0")
-    .env("MOIEN_TURN_LISTEN_TCP", "127.0.0.1:0")
-    .env("MOIEN_METRICS_LISTEN", "127.0.0.1:0")
-    .env("MOIEN_METRICS_NODE", NODE);
+    cmd.args(common::DEV_ON_FREE_PORTS)
+        .args(["--workers", "2"])
+        .env_remove("MOIEN_SECRET")
+        .env("MOIEN_TURN_LISTEN_UDP", "127.0.0.1:0")
+        .env("MOIEN_TURN_LISTEN_TCP", "127.0.0.1:0")
+        .env("MOIEN_METRICS_LISTEN", "127.0.0.1:0")
+        .env("MOIEN_METRICS_NODE", NODE);
     let (_server, banner) = start_with_banner(cmd, "moien serve", "media");
     let http = banner_url(&banner, "http");
     let metrics_url = banner_url(&banner, "metrics");

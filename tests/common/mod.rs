@@ -10,6 +10,16 @@ use moien_signaling::auth::{self, Claims, Grants};
 
 pub const SECRET: &str = "test-secret";
 
+/// `moien serve --dev` with signaling and media on free ports.
+pub const DEV_ON_FREE_PORTS: [&str; 6] = [
+    "serve",
+    "--dev",
+    "--http",
+    "127.0.0.1:0",
+    "--media-port",
+    "0",
+];
+
 /// Starts signaling and media on 127.0.0.1 with free ports.
 pub async fn start_node() -> Node {
     start_node_with(|_| {}).await
