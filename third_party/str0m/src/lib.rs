@@ -1634,6 +1634,28 @@ impl Rtc {
             && now >= self.last_now
             && self.send_addr.is_some()
             && self.session.may_send_at_once();
+        // Moien patch 21: a forwarder's audio copy goes from the write to SRTP without the
+        // send queue.
+        let write = if may_send {
+            match self.session.write_rtp_at_once(now, midrid, write) {
+                Ok(built) => {
+                    self.last_now = now;
+                    if let (Some(contents), Some(send)) = (built, &self.send_addr) {
+                        self.peer_bytes_tx += contents.len() as u64;
+                        return Written::Sent(net::Transmit {
+                            proto: send.proto,
+                            source: send.source,
+                            destination: send.destination,
+                            contents,
+                        });
+                    }
+                    return Written::Queued;
+                }
+                Err(write) => write,
+            }
+        } else {
+            write
+        };
         let Some(tx) = self.session.streams.stream_tx_by_midrid(midrid) else {
             return Written::NoStream;
         };
@@ -2524,22 +2546,37 @@ mod test {
     /// candidates, one data channel), moving datagrams between them until both have nominated
     /// a pair; returns the pair `(client, server)`.
     fn nominated(client: &str, server: &str) -> (Rtc, Rtc) {
+        let now = Instant::now();
+        let s = RtcConfig::new().set_ice_lite(true).build(now);
+        let (c, s, _, _) = connect(Rtc::new(now), s, client, server, now, |change| {
+            change.add_channel("x".into());
+        });
+        (c, s)
+    }
+
+    /// Connects `c` at `client` to the ICE-lite `s` at `server` with the offer that `offer`
+    /// makes; returns both, the time reached, and what `offer` returned.
+    fn connect<T>(
+        mut c: Rtc,
+        mut s: Rtc,
+        client: &str,
+        server: &str,
+        mut now: Instant,
+        offer: impl FnOnce(&mut change::SdpApi) -> T,
+    ) -> (Rtc, Rtc, Instant, T) {
         crate::init_crypto_default();
-        let mut now = Instant::now();
         let (ca, sa): (SocketAddr, SocketAddr) = (client.parse().unwrap(), server.parse().unwrap());
-        let mut c = Rtc::new(now);
-        let mut s = RtcConfig::new().set_ice_lite(true).build(now);
         c.add_local_candidate(Candidate::host(ca, "udp").unwrap());
         s.add_local_candidate(Candidate::host(sa, "udp").unwrap());
         let mut change = c.sdp_api();
-        change.add_channel("x".into());
+        let made = offer(&mut change);
         let (offer, pending) = change.apply().unwrap();
         let answer = s.sdp_api().accept_offer(offer).unwrap();
         c.sdp_api().accept_answer(pending, answer).unwrap();
         for _ in 0..2000 {
             let moved = pump(&mut c, &mut s, now) | pump(&mut s, &mut c, now);
             if c.send_addr.is_some() && s.send_addr.is_some() && c.is_connected() {
-                return (c, s);
+                return (c, s, now, made);
             }
             if !moved {
                 now += Duration::from_millis(10);
@@ -2548,6 +2585,60 @@ mod test {
             }
         }
         panic!("no pair nominated");
+    }
+
+    /// Moien patch 21: audio outside the estimate, written to an idle send stream, leaves at
+    /// once, without the send queue, and the peer reads it as written.
+    #[test]
+    fn audio_written_at_once_reaches_the_peer_as_written() {
+        let now = Instant::now();
+        let c = RtcConfig::new().set_audio_in_estimate(false).build(now);
+        let s = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .build(now);
+        let (mut c, mut s, now, mid) = connect(c, s, "1.1.1.1:1000", "2.2.2.2:2000", now, |ch| {
+            ch.add_media(
+                media::MediaKind::Audio,
+                Direction::SendOnly,
+                None,
+                None,
+                None,
+            )
+        });
+        while let Output::Event(_) = s.poll_output().unwrap() {}
+        let pt = c
+            .codec_config()
+            .find(|p| p.spec().codec == format::Codec::Opus)
+            .unwrap()
+            .pt();
+        for seq in 0..5_u64 {
+            let payload = vec![seq as u8 + 7; 60 + seq as usize];
+            let ext_vals = rtp::ExtensionValues {
+                audio_level: Some(-20 - seq as i8),
+                voice_activity: Some(true),
+                ..Default::default()
+            };
+            let write = rtp::RtpWrite::new(pt, seq.into(), 960 * seq as u32, now, payload.clone())
+                .ext_vals(ext_vals);
+            let Written::Sent(t) = c.write_rtp(mid, write, now) else {
+                panic!("audio outside the estimate is sent at once");
+            };
+            let r = Receive::new(t.proto, t.source, t.destination, &t.contents).unwrap();
+            s.handle_input(Input::Receive(now, r)).unwrap();
+            let packet = loop {
+                match s.poll_output().unwrap() {
+                    Output::Event(Event::RtpPacket(p)) => break p,
+                    Output::Event(_) => {}
+                    o => panic!("the peer read no RTP packet: {o:?}"),
+                }
+            };
+            assert_eq!(&packet.payload[..], &payload[..]);
+            assert_eq!(*packet.seq_no, seq);
+            assert_eq!(packet.header.timestamp, 960 * seq as u32);
+            assert_eq!(packet.header.ext_vals.audio_level, Some(-20 - seq as i8));
+            assert_eq!(packet.header.ext_vals.mid, Some(mid));
+        }
     }
 
     #[test]

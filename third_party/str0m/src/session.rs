@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -23,7 +24,7 @@ use crate::pacer::PacerControl;
 use crate::pacer::{Pacer, PacerImpl};
 use crate::packet::{RedBlock, RedDecoder, red_same_pt_blocks};
 use crate::poll::Wake;
-use crate::rtp::{Extension, RawPacket};
+use crate::rtp::{Extension, RawPacket, RtpWrite};
 use crate::rtp_::Direction;
 use crate::rtp_::ExtensionValues;
 use crate::rtp_::MediaTime;
@@ -152,9 +153,6 @@ pub(crate) struct Session {
     pub(crate) pacer: PacerImpl,
     pacer_control: PacerControl,
 
-    // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
-    poll_packet_buf: Vec<u8>,
-
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
 
@@ -258,7 +256,6 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
-            poll_packet_buf: vec![0; 2000],
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
@@ -1365,31 +1362,82 @@ impl Session {
         midrid: MidRid,
         cluster_id: Option<TwccClusterId>,
     ) -> Option<DatagramSend> {
-        let srtp_tx = self.srtp_tx.as_mut()?;
+        self.srtp_tx.as_ref()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
             return None;
         };
-        let buf = &mut self.poll_packet_buf;
         let twcc_seq = self.twcc;
 
-        let params = &self.codec_config;
         let exts = media.remote_extmap();
 
         // TWCC might not be enabled for this m-line. Firefox do use TWCC, but not
         // for audio. This is indiciated via the SDP.
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
-        // Moien patch: audio sent without transport-wide sequence numbers (this side's
-        // `set_audio_in_estimate`, or a peer that does not take them on audio, as many SFUs)
-        // is outside the estimate, which is then made from the rest. It stays outside what the
-        // pacer and the estimator count as sent: counted there, it would take the padding that
-        // the estimate allows, and an estimate held near 1.5x what its feedback acknowledges
-        // could never rise.
-        let outside_estimate = media.kind().is_audio() && !twcc_enabled;
+        let outside_estimate = outside_estimate(media, twcc_enabled);
 
-        let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let mut buf = PACKET_BUF.take();
+        let receipt = stream.poll_packet(now, exts, twcc, &self.codec_config, &mut buf);
+        let twcc_id = twcc_enabled.then(|| match cluster_id {
+            Some(cluster) => TwccPacketId::with_cluster(twcc_seq, cluster),
+            None => TwccPacketId::new(twcc_seq),
+        });
+        let built = receipt
+            .and_then(|r| self.protect_and_count(now, midrid, &buf, r, twcc_id, outside_estimate));
+        PACKET_BUF.set(buf);
+        built
+    }
+
+    /// Moien patch 21: builds and protects an RTP packet of an unpaced send stream with
+    /// nothing queued, straight from the application's write, without the send queue
+    /// ([`StreamTx::write_rtp_at_once`]). Only for packets outside the estimate (audio without
+    /// transport-wide sequence numbers), which the pacer and the estimator do not count, so
+    /// nothing but the stream and its counters sees them. Gives the write back otherwise.
+    pub fn write_rtp_at_once(
+        &mut self,
+        now: Instant,
+        midrid: MidRid,
+        write: RtpWrite,
+    ) -> Result<Option<DatagramSend>, RtpWrite> {
+        if self.srtp_tx.is_none() || self.raw_packets.is_some() {
+            return Err(write);
+        }
+        let Some(stream) = self.streams.stream_tx_by_midrid(midrid) else {
+            return Err(write);
+        };
+        if stream.sends_at_once() != Some(true) {
+            return Err(write);
+        }
+        let Some(media) = self.medias.iter().find(|m| m.mid() == midrid.mid()) else {
+            return Err(write);
+        };
+        let exts = media.remote_extmap();
+        let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
+        if !outside_estimate(media, twcc_enabled) {
+            return Err(write);
+        }
+        let mut buf = PACKET_BUF.take();
+        let built = stream
+            .write_rtp_at_once(write, now, exts, &self.codec_config, &mut buf)
+            .map(|r| self.protect_and_count(now, midrid, &buf, r, None, true));
+        PACKET_BUF.set(buf);
+        built
+    }
+
+    /// Protects the packet in `buf` and counts it where the link's use is counted: the pacer,
+    /// the TWCC register (`twcc_id`) and the estimator.
+    fn protect_and_count(
+        &mut self,
+        now: Instant,
+        midrid: MidRid,
+        buf: &[u8],
+        receipt: PacketReceipt,
+        twcc_id: Option<TwccPacketId>,
+        outside_estimate: bool,
+    ) -> Option<DatagramSend> {
+        let srtp_tx = self.srtp_tx.as_mut()?;
 
         let PacketReceipt {
             ssrc,
@@ -1411,8 +1459,13 @@ impl Session {
 
         if let Some(raw_packets) = &mut self.raw_packets {
             // A debugging aid: the header is read back from what was written.
-            if let Some(header) = RtpHeader::parse(buf, exts) {
-                raw_packets.push_back(Box::new(RawPacket::RtpTx(header, buf.clone())));
+            let exts = self
+                .medias
+                .iter()
+                .find(|m| m.mid() == midrid.mid())
+                .map(|m| m.remote_extmap());
+            if let Some(header) = exts.and_then(|e| RtpHeader::parse(buf, e)) {
+                raw_packets.push_back(Box::new(RawPacket::RtpTx(header, buf.to_vec())));
             }
         }
 
@@ -1428,12 +1481,7 @@ impl Session {
             self.pacer.register_send(now, wire_size.into(), midrid);
         }
 
-        if twcc_enabled {
-            let packet_id = if let Some(cluster) = cluster_id {
-                TwccPacketId::with_cluster(twcc_seq, cluster)
-            } else {
-                TwccPacketId::new(twcc_seq)
-            };
+        if let Some(packet_id) = twcc_id {
             self.twcc_tx_register
                 .register_seq(packet_id, now, wire_size);
         }
@@ -1724,6 +1772,22 @@ impl Session {
     pub fn is_connected(&self) -> bool {
         self.srtp_rx.is_some() && self.srtp_tx.is_some()
     }
+}
+
+thread_local! {
+    /// Moien patch 21: the buffer a packet is written into for SRTP to protect, one per thread
+    /// instead of one per session. A forwarding thread writes copies for hundreds of sessions
+    /// in turn, and each session's own buffer was cold when its turn came round.
+    static PACKET_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Moien patch: audio sent without transport-wide sequence numbers (this side's
+/// `set_audio_in_estimate`, or a peer that does not take them on audio, as many SFUs) is
+/// outside the estimate, which is then made from the rest. It stays outside what the pacer and
+/// the estimator count as sent: counted there, it would take the padding that the estimate
+/// allows, and an estimate held near 1.5x what its feedback acknowledges could never rise.
+fn outside_estimate(media: &Media, twcc_enabled: bool) -> bool {
+    media.kind().is_audio() && !twcc_enabled
 }
 
 /// Moien patch 15: what SRTP needs of the written header, not the header itself (see

@@ -497,46 +497,19 @@ impl StreamTx {
     /// The write command carries the RTP payload and optional RTP metadata.
     pub fn write_rtp(&mut self, rtp: RtpWrite) {
         self.queue_changed = true; // Moien patch: see `queue_changed`.
+        let mut rtp = rtp;
+        let header = self.note_write(&mut rtp);
         let RtpWrite {
-            pt,
             seq_no,
             time,
-            wallclock,
-            marker,
-            ext_vals,
             nackable,
             payload,
-            csrc_count,
-            csrc,
             vp8_patch,
+            ..
         } = rtp;
-
-        let first_call = self.rtp_and_wallclock.is_none();
-
-        if first_call && seq_no.roc() > 0 {
-            // TODO: make it possible to supress this.
-            warn!(
-                "First SeqNo has non-zero ROC ({}), which needs out-of-band signalling \
-                to remote peer",
-                seq_no.roc()
-            );
-        }
 
         // This 1 in clock frequency will be fixed in poll_output.
         let media_time = MediaTime::from_secs(time as u64);
-        self.rtp_and_wallclock = Some((time, wallclock));
-
-        let header = RtpHeader {
-            csrc_count,
-            sequence_number: *seq_no as u16,
-            marker,
-            payload_type: pt,
-            timestamp: time,
-            ssrc: self.ssrc,
-            csrc,
-            ext_vals,
-            ..Default::default()
-        };
 
         let packet = RtpPacket {
             seq_no,
@@ -559,6 +532,103 @@ impl StreamTx {
         };
 
         self.send_queue.push(packet);
+    }
+
+    /// What every written packet does to the stream, queued or not: its RTP time and wallclock
+    /// for sender reports. Returns its header as written by the application, taking the
+    /// extension values out of `rtp`.
+    fn note_write(&mut self, rtp: &mut RtpWrite) -> RtpHeader {
+        let first_call = self.rtp_and_wallclock.is_none();
+
+        if first_call && rtp.seq_no.roc() > 0 {
+            // TODO: make it possible to supress this.
+            warn!(
+                "First SeqNo has non-zero ROC ({}), which needs out-of-band signalling \
+                to remote peer",
+                rtp.seq_no.roc()
+            );
+        }
+
+        self.rtp_and_wallclock = Some((rtp.time, rtp.wallclock));
+
+        RtpHeader {
+            csrc_count: rtp.csrc_count,
+            sequence_number: *rtp.seq_no as u16,
+            marker: rtp.marker,
+            payload_type: rtp.pt,
+            timestamp: rtp.time,
+            ssrc: self.ssrc,
+            csrc: rtp.csrc,
+            ext_vals: std::mem::take(&mut rtp.ext_vals),
+            ..Default::default()
+        }
+    }
+
+    /// Moien patch 21: writes a packet that leaves at once straight into `buf`, as
+    /// [`StreamTx::poll_packet`] would have written it after [`StreamTx::write_rtp`], without
+    /// the send queue. For an unpaced stream with nothing queued (`Rtc::write_rtp` checks):
+    /// a forwarder's audio copy. Building the queued packet, with its 288-byte header, and
+    /// moving it through the queue's cold memory and back, is work the packet does not need.
+    ///
+    /// Gives the write back for the queue when the packet is to be kept for retransmission or
+    /// its payload type is not in `params`.
+    pub(crate) fn write_rtp_at_once(
+        &mut self,
+        rtp: RtpWrite,
+        now: Instant,
+        exts: &ExtensionMap,
+        params: &[PayloadParams],
+        buf: &mut Vec<u8>,
+    ) -> Result<PacketReceipt, RtpWrite> {
+        let pt_main = rtp.pt;
+        let Some(param) = params
+            .iter()
+            .find(|p| p.pt() == pt_main || p.red() == Some(pt_main))
+        else {
+            return Err(rtp);
+        };
+        let rtx_possible = param.resend().is_some() && param.red() != Some(pt_main);
+        if rtp.nackable && rtx_possible {
+            return Err(rtp);
+        }
+        let clock_rate = param.spec().rtp_clock_rate();
+
+        let mut rtp = rtp;
+        let mut header = self.note_write(&mut rtp);
+        header.ext_vals.rid_repair = None;
+        if !self.remote_acked_ssrc {
+            header.ext_vals.mid = Some(self.midrid.mid());
+            header.ext_vals.rid = self.midrid.rid();
+        }
+        if exts.id_of(Extension::AbsoluteSendTime).is_some() {
+            header.ext_vals.abs_send_time = Some(now);
+        }
+
+        let header_len = write_header(&mut header, exts, buf);
+        let body_len = rtp.payload.len();
+        copy_payload(&rtp.payload, rtp.vp8_patch.as_ref(), &mut buf[header_len..]);
+        buf.truncate(header_len + body_len);
+
+        self.count_regular(now, body_len as u64);
+        // The history is otherwise bounded when resends are polled, which this path skips.
+        if let Some(h) = &mut self.stats.bytes_transmitted {
+            h.purge_old(now);
+        }
+        if rtx_possible {
+            self.pt_for_padding = Some(pt_main);
+        }
+        self.clock_rate = Some(clock_rate);
+        self.last_sent_seq_no = rtp.seq_no;
+        self.last_used = now;
+
+        Ok(PacketReceipt {
+            ssrc: header.ssrc,
+            sequence_number: header.sequence_number,
+            header_len,
+            seq_no: rtp.seq_no,
+            is_padding: false,
+            payload_size: body_len,
+        })
     }
 
     fn padding_enabled(&self) -> bool {
@@ -732,11 +802,7 @@ impl StreamTx {
             *twcc += 1;
         }
 
-        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
-
-        let header_len = header.write_to(buf, exts);
-        assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
-        header.header_len = header_len;
+        let header_len = write_header(header, exts, buf);
         let (ssrc, sequence_number) = (header.ssrc, header.sequence_number);
 
         let mut body_out = &mut buf[header_len..];
@@ -753,11 +819,7 @@ impl StreamTx {
         let body_len = match next.kind {
             NextPacketKind::Regular | NextPacketKind::Resend(_) => {
                 let body_len = pkt.payload.len();
-                if let Some(patch) = pkt.vp8_patch.as_ref() {
-                    patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
-                } else {
-                    body_out[..body_len].copy_from_slice(pkt.payload.as_ref());
-                }
+                copy_payload(&pkt.payload, pkt.vp8_patch.as_ref(), body_out);
 
                 // media packets are sent unpadded: the SRTP ciphers handle
                 // arbitrary body lengths (the CTR scratch alignment is internal
@@ -931,13 +993,9 @@ impl StreamTx {
         // exit via ? here is ok since that means there is nothing to send.
         // The packet remains in the head of the send queue until we
         // finish poll_packet, at which point we move it to the cache.
+        let len = self.send_queue.peek()?.payload.len() as u64;
+        self.count_regular(now, len);
         let pkt = self.send_queue.peek()?;
-
-        let len = pkt.payload.len() as u64;
-        self.stats.update_packet_counts(len, false);
-        if let Some(h) = &mut self.stats.bytes_transmitted {
-            h.push(now, len)
-        }
 
         let seq_no = pkt.seq_no;
 
@@ -946,6 +1004,19 @@ impl StreamTx {
             seq_no,
             pkt,
         })
+    }
+
+    /// Counts a regular (not resent) packet of `len` payload bytes as sent.
+    fn count_regular(&mut self, now: Instant, len: u64) {
+        self.stats.update_packet_counts(len, false);
+        // Moien patch 21: the byte history only serves the share of resent bytes
+        // (`rtx_ratio_cap`), and only a stream with an RTX SSRC resends. Audio kept a second
+        // of history, a cold deque, for nothing.
+        if self.rtx.is_some()
+            && let Some(h) = &mut self.stats.bytes_transmitted
+        {
+            h.push(now, len)
+        }
     }
 
     fn poll_packet_padding(&mut self, _now: Instant) -> Option<NextPacket> {
@@ -1428,6 +1499,25 @@ struct NextPacket<'a> {
     pkt: &'a mut RtpPacket,
 }
 
+/// Writes `header` at the start of `buf`, sized for a whole datagram, and records its length.
+fn write_header(header: &mut RtpHeader, exts: &ExtensionMap, buf: &mut Vec<u8>) -> usize {
+    buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+    let header_len = header.write_to(buf, exts);
+    assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
+    header.header_len = header_len;
+    header_len
+}
+
+/// Copies a payload to the start of `out`, with its VP8 descriptor patch when there is one.
+fn copy_payload(payload: &[u8], vp8_patch: Option<&Vp8Patch>, out: &mut [u8]) {
+    let out = &mut out[..payload.len()];
+    if let Some(patch) = vp8_patch {
+        patch.copy_to(payload, out);
+    } else {
+        out.copy_from_slice(payload);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NextPacketKind {
     Regular,
@@ -1513,6 +1603,106 @@ mod test {
         // The five queued packets are 0, 10, 20, 30 and 40 ms old.
         assert_eq!(snapshot.packet_count, 5);
         assert_eq!(snapshot.total_queue_time(now), Duration::from_millis(100));
+    }
+
+    /// Moien patch 21: a packet written at once is byte for byte the one the queue would have
+    /// sent, and counted alike for sender reports.
+    #[test]
+    fn a_packet_written_at_once_is_the_one_the_queue_sends() {
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt_of = |codec: crate::format::Codec| {
+            let p = codecs.params().iter().find(|p| p.spec().codec == codec);
+            p.unwrap().pt()
+        };
+        let exts = ExtensionMap::standard();
+        let midrid = MidRid("aud".into(), None);
+        let write = |seq: u64| {
+            let payload = vec![seq as u8 + 1; 80 + seq as usize];
+            RtpWrite::new(
+                pt_of(crate::format::Codec::Opus),
+                seq.into(),
+                960 * seq as u32,
+                now,
+                payload,
+            )
+            .marker(seq == 0)
+            .ext_vals(ExtensionValues {
+                audio_level: Some(-30 - seq as i8),
+                voice_activity: Some(true),
+                ..Default::default()
+            })
+        };
+        let new_streams = || crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let (mut queued_streams, mut direct_streams) = (new_streams(), new_streams());
+        let queued = queued_streams.declare_stream_tx(42.into(), None, midrid);
+        let direct = direct_streams.declare_stream_tx(42.into(), None, midrid);
+        let (mut queued_buf, mut direct_buf) = (vec![], vec![]);
+        for seq in 0..3 {
+            queued.write_rtp(write(seq));
+            queued.send_queue.handle_timeout(now);
+            let q = queued
+                .poll_packet(now, &exts, None, codecs.params(), &mut queued_buf)
+                .unwrap();
+            let d = direct
+                .write_rtp_at_once(write(seq), now, &exts, codecs.params(), &mut direct_buf)
+                .unwrap();
+            assert_eq!(direct_buf, queued_buf);
+            let header = RtpHeader::parse(&direct_buf, &exts).unwrap();
+            assert_eq!(header.ext_vals.audio_level, Some(-30 - seq as i8));
+            assert_eq!(header.ext_vals.mid, Some(midrid.mid()));
+            assert_eq!(
+                (
+                    d.ssrc,
+                    d.sequence_number,
+                    d.header_len,
+                    d.seq_no,
+                    d.is_padding,
+                    d.payload_size
+                ),
+                (
+                    q.ssrc,
+                    q.sequence_number,
+                    q.header_len,
+                    q.seq_no,
+                    q.is_padding,
+                    q.payload_size
+                )
+            );
+        }
+        assert!(direct.send_queue.is_empty());
+        assert_eq!(direct.stats.packets, 3);
+        assert_eq!(direct.stats.bytes, queued.stats.bytes);
+        assert_eq!(direct.rtp_and_wallclock, queued.rtp_and_wallclock);
+        assert_eq!(direct.last_sent_seq_no, queued.last_sent_seq_no);
+        assert_eq!(direct.clock_rate, queued.clock_rate);
+
+        // A packet kept for retransmission takes the queue, and so does a payload type the
+        // media does not have.
+        let vp8 = pt_of(crate::format::Codec::Vp8);
+        let kept = RtpWrite::new(vp8, 3.into(), 0, now, vec![1; 10]).nackable(true);
+        let unknown = RtpWrite::new(55.into(), 3.into(), 0, now, vec![1; 10]);
+        for write in [kept, unknown] {
+            assert!(
+                direct
+                    .write_rtp_at_once(write, now, &exts, codecs.params(), &mut direct_buf)
+                    .is_err()
+            );
+        }
+        assert_eq!(direct.stats.packets, 3);
+
+        // On a stream that resends, packets written at once are in the byte history of the
+        // resend share, which stays a second long.
+        let mut streams = new_streams();
+        let tx = streams.declare_stream_tx(50.into(), Some(52.into()), midrid);
+        for i in 0..500_u64 {
+            let at = now + Duration::from_millis(20 * i);
+            let write = RtpWrite::new(write(0).pt, i.into(), 0, at, vec![1; 100]);
+            tx.write_rtp_at_once(write, at, &exts, codecs.params(), &mut direct_buf)
+                .unwrap();
+        }
+        let history = tx.stats.bytes_transmitted.as_ref().unwrap();
+        assert_eq!(history.sum(), 51 * 100);
     }
 
     #[test]
