@@ -1404,18 +1404,20 @@ impl Session {
         if self.srtp_tx.is_none() || self.raw_packets.is_some() {
             return Err(write);
         }
-        let Some(stream) = self.streams.stream_tx_by_midrid(midrid) else {
-            return Err(write);
-        };
-        if stream.sends_at_once() != Some(true) {
-            return Err(write);
-        }
+        // The media first: video, which always takes the queue, is turned away before the
+        // scan of the send streams that the caller then repeats.
         let Some(media) = self.medias.iter().find(|m| m.mid() == midrid.mid()) else {
             return Err(write);
         };
         let exts = media.remote_extmap();
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         if !outside_estimate(media, twcc_enabled) {
+            return Err(write);
+        }
+        let Some(stream) = self.streams.stream_tx_by_midrid(midrid) else {
+            return Err(write);
+        };
+        if stream.sends_at_once() != Some(true) {
             return Err(write);
         }
         let mut buf = PACKET_BUF.take();
