@@ -1461,10 +1461,10 @@ impl Session {
 
         if let Some(raw_packets) = &mut self.raw_packets {
             // A debugging aid: the header is read back from what was written.
-            let exts = self
-                .medias
-                .iter()
-                .find(|m| m.mid() == midrid.mid())
+            // The stream's own media: a probe's midrid names no media of its own.
+            let mid = self.streams.stream_tx_by_midrid(midrid).map(|s| s.mid());
+            let exts = mid
+                .and_then(|mid| self.medias.iter().find(|m| m.mid() == mid))
                 .map(|m| m.remote_extmap());
             if let Some(header) = exts.and_then(|e| RtpHeader::parse(buf, e)) {
                 raw_packets.push_back(Box::new(RawPacket::RtpTx(header, buf.to_vec())));
