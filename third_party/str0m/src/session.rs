@@ -409,25 +409,23 @@ impl Session {
         }
         self.streams
             .handle_send(now, &self.medias, &self.codec_config);
-        self.update_changed_queue_state(now);
+        self.update_queue_state(now, None);
         true
     }
 
-    /// Moien patch: [`Session::update_queue_state`] for the sends of a forwarder, where one
-    /// stream's queue changed: the pacer's view is updated with fresh snapshots of the streams
-    /// whose queue changed instead of a snapshot of every send stream. A subscriber has a send
-    /// stream per forwarded track, and a full view per forwarded packet made that cost grow
-    /// with the room. Probes, and a set of streams the view does not match, take the full view.
-    fn update_changed_queue_state(&mut self, now: Instant) {
-        if self.srtp_tx.is_none() {
-            return;
-        }
+    /// Moien patch: the pacer's decision from its last view, updated in place with fresh
+    /// snapshots of the send streams whose state moved since theirs (`StreamTx::
+    /// queue_state_changed`) instead of a snapshot of every send stream. A subscriber has a
+    /// send stream per forwarded track, and a full view per forwarded packet and per timeout
+    /// made that cost grow with the room. `false` when the view cannot be updated (a probe is
+    /// on, or the set of streams changed): the caller then gives a full view.
+    fn refresh_queue_state(&mut self, now: Instant) -> bool {
         let streams = &mut self.streams;
         let decided = self
             .pacer
             .handle_timeout_in_place(now, |view| streams.refresh_changed_queue_states(now, view));
         match decided {
-            None => self.update_queue_state(now, None),
+            None => return false,
             Some(None) => {}
             Some(Some(padding_request)) => {
                 if let Some(stream) = self.streams.stream_tx_by_midrid(padding_request.midrid) {
@@ -435,6 +433,7 @@ impl Session {
                 }
             }
         }
+        true
     }
 
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
@@ -476,6 +475,9 @@ impl Session {
 
         let probe_media = probe_media.filter(|_| self.pacer.active_cluster().is_some());
         self.streams.set_probe_media(probe_media);
+        if probe_media.is_none() && self.refresh_queue_state(now) {
+            return;
+        }
         let medias = &self.medias;
         let codecs = &self.codec_config;
         let iter = self.streams.send_queue_states(now, |mid, pt| {
@@ -1328,7 +1330,7 @@ impl Session {
             // it here releases a burst within the pacer's budget in one drain, instead of one
             // packet per full `Rtc` timeout pass (each costing more than the packet).
             None if self.pacer.wants_refresh() => {
-                self.update_changed_queue_state(now);
+                self.update_queue_state(now, None);
                 self.pacer.poll_queue()?
             }
             None => return None,

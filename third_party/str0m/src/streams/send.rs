@@ -1270,9 +1270,11 @@ impl StreamTx {
 
     /// Moien patch: whether `last`, this stream's state from its last [`StreamTx::queue_state`],
     /// is out of date: the queue's content changed since (a snapshot extrapolates queue time by
-    /// itself), or the pacing or padding flags did.
+    /// itself), padding waits (its snapshot's queue time is made afresh, not extrapolated), or
+    /// the pacing or padding flags changed.
     pub(crate) fn queue_state_changed(&self, last: &QueueState) -> bool {
         self.queue_changed
+            || self.padding > 0
             || last.unpaced != self.unpaced.unwrap_or(true)
             || last.use_for_padding != self.padding_enabled()
     }
@@ -1787,6 +1789,91 @@ mod test {
         assert_eq!(second_header.ext_vals.transport_cc, Some(1));
         assert_eq!(second_header.ext_vals.mid, Some("vid".into()));
         assert_eq!(second_header.payload_type, 96.into());
+    }
+
+    /// Moien patch: the pacer's view refreshed in place, as every send and every timeout
+    /// without a probe now updates it, equals a full view made at the same moment: a stream
+    /// whose queue changed is snapshotted afresh, an unchanged one's snapshot extrapolates
+    /// its queue time, and one with padding waiting is snapshotted afresh.
+    #[test]
+    fn a_view_refreshed_in_place_equals_a_full_one() {
+        use crate::format::Codec;
+        use crate::pacer::QueueState;
+        use crate::streams::Streams;
+
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let vp8 = codecs
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8);
+        let vp8 = vp8.unwrap().pt();
+        let write =
+            |seq: u64, at| RtpWrite::new(vp8, seq.into(), 90 * seq as u32, at, vec![7; 900]);
+        let [a, b, c] = ["a", "b", "c"].map(|m| MidRid(m.into(), None));
+        let mut streams = Streams::new(false, 1200, Duration::from_millis(1500));
+        let queue_packet = |streams: &mut Streams, midrid, seq, at| {
+            let stream = streams.stream_tx_by_midrid(midrid).unwrap();
+            stream.write_rtp(write(seq, at));
+            stream.send_queue.handle_timeout(at);
+        };
+        streams.declare_stream_tx(1.into(), None, a);
+        streams.declare_stream_tx(2.into(), None, b);
+        streams
+            .declare_stream_tx(3.into(), Some(4.into()), c)
+            .pt_for_padding = Some(vp8);
+        queue_packet(&mut streams, a, 0, start);
+        let mut view: Vec<QueueState> = streams.send_queue_states(start, |_, _| false).collect();
+
+        let same = |view: &[QueueState], full: &[QueueState], now| {
+            assert_eq!(view.len(), full.len());
+            for (v, f) in view.iter().zip(full) {
+                let flags = |q: &QueueState| (q.midrid, q.unpaced, q.use_for_padding);
+                assert_eq!(flags(v), flags(f));
+                let fields = |q: &QueueState| {
+                    let s = &q.snapshot;
+                    let sizes = (s.byte_size, s.packet_count, s.priority);
+                    (
+                        sizes,
+                        s.last_emitted,
+                        s.first_unsent,
+                        s.total_queue_time(now),
+                    )
+                };
+                assert_eq!(fields(v), fields(f), "{:?}", v.midrid);
+            }
+        };
+
+        // 20 ms on, b gets a packet and c padding; a still waits with its packet.
+        let t1 = start + Duration::from_millis(20);
+        queue_packet(&mut streams, b, 0, t1);
+        streams
+            .stream_tx_by_midrid(c)
+            .unwrap()
+            .generate_padding(1600);
+        assert!(streams.refresh_changed_queue_states(t1, &mut view));
+        let full: Vec<_> = streams.send_queue_states(t1, |_, _| false).collect();
+        same(&view, &full, t1);
+        let count = |m| {
+            view.iter()
+                .find(|q| q.midrid == m)
+                .unwrap()
+                .snapshot
+                .packet_count
+        };
+        // Padding counts as 800-byte packets.
+        assert_eq!((count(a), count(b), count(c)), (1, 1, 2));
+
+        // 15 ms later nothing was written: the waiting packets' queue time has grown, and the
+        // padding is still waiting.
+        let t2 = t1 + Duration::from_millis(15);
+        assert!(streams.refresh_changed_queue_states(t2, &mut view));
+        let full: Vec<_> = streams.send_queue_states(t2, |_, _| false).collect();
+        same(&view, &full, t2);
+
+        // A stream that comes turns the refresh down: the caller gives a full view.
+        streams.declare_stream_tx(5.into(), None, MidRid("d".into(), None));
+        assert!(!streams.refresh_changed_queue_states(t2, &mut view));
     }
 
     #[test]
