@@ -1640,16 +1640,7 @@ impl Rtc {
             match self.session.write_rtp_at_once(now, midrid, write) {
                 Ok(built) => {
                     self.last_now = now;
-                    if let (Some(contents), Some(send)) = (built, &self.send_addr) {
-                        self.peer_bytes_tx += contents.len() as u64;
-                        return Written::Sent(net::Transmit {
-                            proto: send.proto,
-                            source: send.source,
-                            destination: send.destination,
-                            contents,
-                        });
-                    }
-                    return Written::Queued;
+                    return self.sent_to_peer(built).unwrap_or(Written::Queued);
                 }
                 Err(write) => write,
             }
@@ -1669,21 +1660,25 @@ impl Rtc {
         if at_once {
             tx.timestamp_written(now);
             self.last_now = now;
-            if let (Some(contents), Some(send)) = (
-                self.session.build_packet(now, midrid, None),
-                &self.send_addr,
-            ) {
-                self.peer_bytes_tx += contents.len() as u64;
-                return Written::Sent(net::Transmit {
-                    proto: send.proto,
-                    source: send.source,
-                    destination: send.destination,
-                    contents,
-                });
+            let built = self.session.build_packet(now, midrid, None);
+            if let Some(sent) = self.sent_to_peer(built) {
+                return sent;
             }
         }
         self.handle_send(now);
         Written::Queued
+    }
+
+    /// Moien patch: a packet `write_rtp` built, handed back for the peer's address.
+    fn sent_to_peer(&mut self, contents: Option<net::DatagramSend>) -> Option<Written> {
+        let (contents, send) = (contents?, self.send_addr.as_ref()?);
+        self.peer_bytes_tx += contents.len() as u64;
+        Some(Written::Sent(net::Transmit {
+            proto: send.proto,
+            source: send.source,
+            destination: send.destination,
+            contents,
+        }))
     }
 
     /// Poll the `Rtc` instance for output. Output can be three things, something to _Transmit_

@@ -495,9 +495,8 @@ impl StreamTx {
     /// Write RTP packet to a send stream.
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
-    pub fn write_rtp(&mut self, rtp: RtpWrite) {
+    pub fn write_rtp(&mut self, mut rtp: RtpWrite) {
         self.queue_changed = true; // Moien patch: see `queue_changed`.
-        let mut rtp = rtp;
         let header = self.note_write(&mut rtp);
         let RtpWrite {
             seq_no,
@@ -574,7 +573,7 @@ impl StreamTx {
     /// its payload type is not in `params`.
     pub(crate) fn write_rtp_at_once(
         &mut self,
-        rtp: RtpWrite,
+        mut rtp: RtpWrite,
         now: Instant,
         exts: &ExtensionMap,
         params: &[PayloadParams],
@@ -593,7 +592,6 @@ impl StreamTx {
         }
         let clock_rate = param.spec().rtp_clock_rate();
 
-        let mut rtp = rtp;
         let mut header = self.note_write(&mut rtp);
         header.ext_vals.rid_repair = None;
         if !self.remote_acked_ssrc {
