@@ -10,6 +10,9 @@ use super::MidRid;
 
 /// Holder of stats.
 #[derive(Debug)]
+// Moien patch 24: `repr(C)` keeps the counters every sent packet updates, and the byte
+// history it purges, at the front, next to the hot fields of `StreamTx`.
+#[repr(C)]
 pub(crate) struct StreamTxStats {
     /// count of bytes sent, including retransmissions
     /// <https://www.w3.org/TR/webrtc-stats/#dom-rtcsentrtpstreamstats-bytessent>
@@ -19,6 +22,8 @@ pub(crate) struct StreamTxStats {
     /// count of packets sent, including retransmissions
     /// <https://www.w3.org/TR/webrtc-stats/#summary>
     pub packets: u64,
+    /// `None` if `rtx_ratio_cap` is `None`.
+    pub bytes_transmitted: Option<ValueHistory<u64>>,
     /// count of retransmitted packets alone
     packets_resent: u64,
     /// count of FIR requests received
@@ -37,9 +42,6 @@ pub(crate) struct StreamTxStats {
     /// The SeqNo is the extended max_seq of the reception report, extended
     /// using the last sent sequence number.
     last_rr: Option<(SeqNo, ReceptionReport)>,
-
-    /// `None` if `rtx_ratio_cap` is `None`.
-    pub bytes_transmitted: Option<ValueHistory<u64>>,
 
     /// `None` if `rtx_ratio_cap` is `None`.
     pub bytes_retransmitted: Option<ValueHistory<u64>>,
