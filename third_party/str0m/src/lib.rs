@@ -1607,6 +1607,29 @@ impl Rtc {
         }
     }
 
+    /// The memory a [`Rtc::write_rtp`] reads first, one address per cache line, for a
+    /// forwarder that asks the CPU to load it ahead (Moien patch 25).
+    ///
+    /// A forwarder writes each packet through many sessions in turn, and each session's state
+    /// is cold by then: every line `write_rtp` touches is a wait of its own. Handing these
+    /// addresses to a prefetch for all the packet's sessions first lets those loads overlap.
+    /// Only addresses of this struct's own fields: nothing is read to find them.
+    pub fn write_footprint(&self, mut each: impl FnMut(*const u8)) {
+        each(std::ptr::from_ref(&self.state).cast());
+        each(std::ptr::from_ref(&self.last_now).cast());
+        each(std::ptr::from_ref(&self.send_addr).cast());
+        each(std::ptr::from_ref(&self.peer_bytes_tx).cast());
+        self.session.write_footprint(each);
+    }
+
+    /// The memory behind [`Rtc::write_footprint`]'s: each media's id and header extension
+    /// index, each send stream's first lines, the codec table and the SRTP cipher (Moien patch
+    /// 25). Finding them reads the lines `write_footprint` named, so this is best called a
+    /// little later, once those have arrived.
+    pub fn write_footprint_deep(&self, mut each: impl FnMut(*const u8)) {
+        self.session.write_footprint_deep(&mut each);
+    }
+
     /// Writes one RTP packet to the send stream of `mid` and sends it (a Moien patch).
     ///
     /// [`StreamTx::write_rtp`][crate::rtp::StreamTx::write_rtp] followed by
@@ -2584,6 +2607,71 @@ mod test {
 
     /// Moien patch 21: audio outside the estimate, written to an idle send stream, leaves at
     /// once, without the send queue, and the peer reads it as written.
+    /// The footprint names the session's own lines, then what they point to: every media, the
+    /// send stream a write goes through, the codec table and the SRTP cipher, all outside the
+    /// `Rtc` and none dangling into a temporary.
+    #[test]
+    fn the_write_footprint_names_what_a_write_reads() {
+        let now = Instant::now();
+        let s = RtcConfig::new().set_ice_lite(true).build(now);
+        let (mut c, _s, _, mid) = connect(
+            Rtc::new(now),
+            s,
+            "1.1.1.1:1000",
+            "2.2.2.2:2000",
+            now,
+            |ch| {
+                ch.add_media(
+                    media::MediaKind::Audio,
+                    Direction::SendOnly,
+                    None,
+                    None,
+                    None,
+                )
+            },
+        );
+        let rtc_start = std::ptr::from_ref(&c) as usize;
+        let inside = |a: *const u8| {
+            (rtc_start..rtc_start + std::mem::size_of::<Rtc>()).contains(&(a as usize))
+        };
+        let mut near = vec![];
+        c.write_footprint(|a| near.push(a));
+        assert!(near.len() >= 10, "{} addresses", near.len());
+        assert!(
+            near.iter().all(|&a| inside(a)),
+            "an address outside the Rtc"
+        );
+        assert!(near.contains(&std::ptr::from_ref(&c.state).cast()));
+        assert!(near.contains(&std::ptr::from_ref(&c.send_addr).cast()));
+
+        let mut deep = vec![];
+        c.write_footprint_deep(|a| deep.push(a));
+        assert!(
+            deep.iter().all(|&a| !inside(a)),
+            "an address inside the Rtc"
+        );
+        let media = c.session.medias.iter().find(|m| m.mid() == mid).unwrap();
+        let mut media_lines = vec![];
+        media.write_footprint(&mut |a| media_lines.push(a));
+        assert!(media_lines.iter().all(|a| deep.contains(a)));
+        let stream = c
+            .session
+            .streams
+            .streams_tx()
+            .find(|s| s.mid() == mid)
+            .unwrap();
+        let stream: *const u8 = std::ptr::from_ref(&*stream).cast();
+        assert!(deep.contains(&stream));
+        let params = c.session.codec_config.params();
+        assert!(deep.contains(&params.as_ptr().cast()));
+        // One line each for the media's three places, two for each send stream, the codec
+        // table's first lines, and one for the SRTP cipher.
+        let media_count = c.session.medias.len();
+        let streams = c.session.streams.streams_tx().count();
+        let param_lines = std::mem::size_of_val(params).min(256).div_ceil(64);
+        assert_eq!(deep.len(), 3 * media_count + 2 * streams + param_lines + 1);
+    }
+
     #[test]
     fn audio_written_at_once_reaches_the_peer_as_written() {
         let now = Instant::now();

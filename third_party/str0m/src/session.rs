@@ -1338,6 +1338,37 @@ impl Session {
         self.build_packet(now, midrid, cluster_id)
     }
 
+    /// Moien patch 25: see [`crate::Rtc::write_footprint`].
+    pub fn write_footprint(&self, mut each: impl FnMut(*const u8)) {
+        each(std::ptr::from_ref(&self.rtp_closing).cast());
+        each(std::ptr::from_ref(&self.medias).cast());
+        each(std::ptr::from_ref(&self.codec_config).cast());
+        each(std::ptr::from_ref(&self.raw_packets).cast());
+        each(std::ptr::from_ref(&self.transport_overhead).cast());
+        each(std::ptr::from_ref(&self.media_bytes_tx).cast());
+        self.streams.write_footprint(&mut each);
+        // The pacer's probe queue (`may_send_at_once`) and the SRTP context's RTP keys lie
+        // somewhere in these structs: all their lines.
+        lines(&self.pacer, &mut each);
+        lines(&self.srtp_tx, &mut each);
+    }
+
+    /// Moien patch 25: see [`crate::Rtc::write_footprint_deep`].
+    pub fn write_footprint_deep(&self, each: &mut impl FnMut(*const u8)) {
+        for media in &self.medias {
+            media.write_footprint(each);
+        }
+        self.streams.write_footprint_deep(each);
+        let params = self.codec_config.params();
+        let start: *const u8 = params.as_ptr().cast();
+        for offset in (0..std::mem::size_of_val(params).min(256)).step_by(64) {
+            each(start.wrapping_add(offset));
+        }
+        if let Some(srtp) = &self.srtp_tx {
+            srtp.tx_footprint(each);
+        }
+    }
+
     /// Moien patch: whether the session lets a packet bypass the pacer (`Rtc::write_rtp` sends
     /// unpaced RTP with an empty queue at once through [`Session::build_packet`]): keys are
     /// there, and no probe (which times its packets through the pacer) runs.
@@ -1790,6 +1821,14 @@ thread_local! {
 /// outside the estimate, which is then made from the rest. It stays outside what the pacer and
 /// the estimator count as sent: counted there, it would take the padding that the estimate
 /// allows, and an estimate held near 1.5x what its feedback acknowledges could never rise.
+/// One address per cache line of `value` (Moien patch 25, [`Session::write_footprint`]).
+fn lines<T>(value: &T, each: &mut impl FnMut(*const u8)) {
+    let start: *const u8 = std::ptr::from_ref(value).cast();
+    for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+        each(start.wrapping_add(offset));
+    }
+}
+
 fn outside_estimate(media: &Media, twcc_enabled: bool) -> bool {
     media.kind().is_audio() && !twcc_enabled
 }

@@ -674,6 +674,13 @@ impl Media {
         &self.remote_pts
     }
 
+    /// Moien patch 25: what a write reads of the media (`Session::write_rtp_at_once`).
+    pub(crate) fn write_footprint(&self, each: &mut impl FnMut(*const u8)) {
+        each(std::ptr::from_ref(&self.mid).cast());
+        each(std::ptr::from_ref(&self.kind).cast());
+        each(self.remote_exts.code_footprint());
+    }
+
     /// The remote, agreed on, extension map, configured for this Media.
     ///
     /// For the SDP API, these are negotiated with the remote peer.

@@ -413,6 +413,11 @@ struct MapEntry {
 }
 
 impl ExtensionMap {
+    /// Moien patch 25: where the code index lies, for a prefetch.
+    pub(crate) fn code_footprint(&self) -> *const u8 {
+        self.2.as_ptr()
+    }
+
     /// Create an empty map.
     pub fn empty() -> Self {
         ExtensionMap(std::array::from_fn(|_| None), true, [0; MAX_ID as usize])

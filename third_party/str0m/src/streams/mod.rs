@@ -720,6 +720,21 @@ impl Streams {
         })
     }
 
+    /// Moien patch 25: see [`crate::Rtc::write_footprint`].
+    pub(crate) fn write_footprint(&self, each: &mut impl FnMut(*const u8)) {
+        each(std::ptr::from_ref(&self.streams_tx).cast());
+    }
+
+    /// Moien patch 25: the first two lines of each send stream, where its write-path fields
+    /// are (patch 24).
+    pub(crate) fn write_footprint_deep(&self, each: &mut impl FnMut(*const u8)) {
+        for stream in self.streams_tx.values() {
+            let start: *const u8 = std::ptr::from_ref(stream).cast();
+            each(start);
+            each(start.wrapping_add(64));
+        }
+    }
+
     pub(crate) fn stream_tx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamTx> {
         if midrid == MidRid(MID_PROBE, None) {
             self.probe_media?;
