@@ -30,6 +30,19 @@ fn vp8_fields(desc: &Vp8Descriptor, payload: &[u8]) -> Vp8Fields {
     }
 }
 
+/// Asks the CPU to start loading the cache line at `addr`, without waiting for it.
+#[inline(always)]
+fn prefetch(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address, and reads nothing
+    // the program sees.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// A subscription still waiting for a keyframe after this long asks again, so a switch never
 /// waits much more than a second.
 pub(super) const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
@@ -176,7 +189,24 @@ impl WorkerCore {
         let mut targets = std::mem::take(&mut self.scratch);
         targets.clear();
         targets.extend_from_slice(&track.subscriptions);
-        for &sub_id in &targets {
+        // Every subscriber's session is cold by now: start loading what each write reads for
+        // all of them at once, so the misses overlap instead of queueing one after another.
+        for sub_id in &targets {
+            if let Some(sub) = self.subs.get(sub_id)
+                && let Some(out) = self.sessions.get(&sub.session)
+            {
+                out.rtc.write_footprint(prefetch);
+            }
+        }
+        for (i, &sub_id) in targets.iter().enumerate() {
+            // One subscriber ahead: what its session's lines (loading since the pass above)
+            // point to.
+            if let Some(next) = targets.get(i + 1)
+                && let Some(sub) = self.subs.get(next)
+                && let Some(out) = self.sessions.get(&sub.session)
+            {
+                out.rtc.write_footprint_deep(prefetch);
+            }
             let Some(sub) = self.subs.get_mut(&sub_id) else {
                 continue;
             };
