@@ -3,8 +3,10 @@
 # Janus (Debian's package, started with a generated loopback config) and the bare forwarder,
 # each BENCH_REPEAT times with the targets alternating, plus capacity ramps on Moien (audio and
 # video conferences) and runs at 70 % of the capacity each found. Each round's runs go to
-# target/bench/round-N.json, the ramps' to capacity.json; target/bench/results.json gets each
-# scenario and target's median run, and the ratios printed at the end are those of the medians.
+# target/bench/round-N.json, the ramps' to capacity.json, the runs at 70 % of capacity to
+# share-N.json (one file a round: a results file keeps one run per measurement);
+# target/bench/results.json gets each scenario and target's median run, and the ratios printed
+# at the end are those of the medians.
 #
 #   loadtest/bench.sh                      # everything (~55 minutes on 2 cores)
 #   BENCH_REPEAT=1 BENCH_DURATION=15s loadtest/bench.sh   # one longer run each
@@ -50,7 +52,7 @@ if [[ " $targets " == *" janus "* ]] && ! command -v janus >/dev/null 2>&1; then
 fi
 
 mkdir -p "$out"
-rm -rf "$results" "$out"/round-* "$out/capacity.json"
+rm -rf "$results" "$out"/round-* "$out"/share-* "$out/capacity.json"
 failures=0
 
 # Each run's reports (JSON with its timeline, HTML) go to $reports: one folder per round, so
@@ -107,7 +109,7 @@ ramp_and_share() {
             for t in moien bare; do
                 [[ " $targets " == *" $t "* ]] || continue
                 run "$scenario at 70% of capacity ($rooms rooms) on $t (round $round of $rounds)" \
-                    "$out/capacity.json" "$scenario" --target "$t" --rooms "$rooms" --room-size "$size" \
+                    "$out/share-$round.json" "$scenario" --target "$t" --rooms "$rooms" --room-size "$size" \
                     --duration "$duration" --warmup "$warm" "$@"
             done
         done
@@ -127,7 +129,7 @@ if [[ $ramp == 1 ]]; then
 fi
 
 shopt -s nullglob
-runs=("$out"/round-*.json)
+runs=("$out"/round-*.json "$out"/share-*.json)
 [[ -f $out/capacity.json ]] && runs+=("$out/capacity.json")
 if ((${#runs[@]} > 0)); then
     "$lt" median --out "$results" "${runs[@]}"

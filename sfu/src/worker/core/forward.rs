@@ -43,6 +43,11 @@ fn prefetch(addr: *const u8) {
     let _ = addr;
 }
 
+/// How many subscribers ahead the forwarding loop starts loading a session's lines: enough to
+/// overlap a room's misses, few enough that a large audience's do not evict each other
+/// (about 20 lines a session).
+const PREFETCH_AHEAD: usize = 8;
+
 /// A subscription still waiting for a keyframe after this long asks again, so a switch never
 /// waits much more than a second.
 pub(super) const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
@@ -190,22 +195,22 @@ impl WorkerCore {
         targets.clear();
         targets.extend_from_slice(&track.subscriptions);
         // Every subscriber's session is cold by now: start loading what each write reads for
-        // all of them at once, so the misses overlap instead of queueing one after another.
-        for sub_id in &targets {
-            if let Some(sub) = self.subs.get(sub_id)
-                && let Some(out) = self.sessions.get(&sub.session)
-            {
-                out.rtc.write_footprint(prefetch);
+        // the next PREFETCH_AHEAD subscribers at once, so the misses overlap instead of
+        // queueing one after another, and one subscriber ahead what those lines point to.
+        for sub_id in targets.iter().take(PREFETCH_AHEAD) {
+            if let Some(rtc) = self.subscriber_rtc(sub_id) {
+                rtc.write_footprint(prefetch);
             }
         }
         for (i, &sub_id) in targets.iter().enumerate() {
-            // One subscriber ahead: what its session's lines (loading since the pass above)
-            // point to.
-            if let Some(next) = targets.get(i + 1)
-                && let Some(sub) = self.subs.get(next)
-                && let Some(out) = self.sessions.get(&sub.session)
+            if let Some(rtc) = targets
+                .get(i + PREFETCH_AHEAD)
+                .and_then(|s| self.subscriber_rtc(s))
             {
-                out.rtc.write_footprint_deep(prefetch);
+                rtc.write_footprint(prefetch);
+            }
+            if let Some(rtc) = targets.get(i + 1).and_then(|s| self.subscriber_rtc(s)) {
+                rtc.write_footprint_deep(prefetch);
             }
             let Some(sub) = self.subs.get_mut(&sub_id) else {
                 continue;
@@ -323,6 +328,12 @@ impl WorkerCore {
             }
         }
         self.scratch = targets;
+    }
+
+    /// The session a subscription writes to.
+    fn subscriber_rtc(&self, sub_id: &SubscriptionId) -> Option<&str0m::Rtc> {
+        let sub = self.subs.get(sub_id)?;
+        Some(&self.sessions.get(&sub.session)?.rtc)
     }
 
     /// A subscription needs a keyframe of the layer it waits for (or receives).
