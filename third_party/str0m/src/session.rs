@@ -1349,8 +1349,8 @@ impl Session {
         self.streams.write_footprint(&mut each);
         // The pacer's probe queue (`may_send_at_once`) and the SRTP context's RTP keys lie
         // somewhere in these structs: all their lines.
-        lines(&self.pacer, &mut each);
-        lines(&self.srtp_tx, &mut each);
+        lines(&self.pacer, usize::MAX, &mut each);
+        lines(&self.srtp_tx, usize::MAX, &mut each);
     }
 
     /// Moien patch 25: see [`crate::Rtc::write_footprint_deep`].
@@ -1359,11 +1359,7 @@ impl Session {
             media.write_footprint(each);
         }
         self.streams.write_footprint_deep(each);
-        let params = self.codec_config.params();
-        let start: *const u8 = params.as_ptr().cast();
-        for offset in (0..std::mem::size_of_val(params).min(256)).step_by(64) {
-            each(start.wrapping_add(offset));
-        }
+        lines(self.codec_config.params(), 256, each);
         if let Some(srtp) = &self.srtp_tx {
             srtp.tx_footprint(each);
         }
@@ -1816,19 +1812,20 @@ thread_local! {
     static PACKET_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// One address per cache line of `value`'s first `max` bytes (Moien patch 25,
+/// [`Session::write_footprint`]).
+fn lines<T: ?Sized>(value: &T, max: usize, each: &mut impl FnMut(*const u8)) {
+    let start: *const u8 = std::ptr::from_ref(value).cast();
+    for offset in (0..std::mem::size_of_val(value).min(max)).step_by(64) {
+        each(start.wrapping_add(offset));
+    }
+}
+
 /// Moien patch: audio sent without transport-wide sequence numbers (this side's
 /// `set_audio_in_estimate`, or a peer that does not take them on audio, as many SFUs) is
 /// outside the estimate, which is then made from the rest. It stays outside what the pacer and
 /// the estimator count as sent: counted there, it would take the padding that the estimate
 /// allows, and an estimate held near 1.5x what its feedback acknowledges could never rise.
-/// One address per cache line of `value` (Moien patch 25, [`Session::write_footprint`]).
-fn lines<T>(value: &T, each: &mut impl FnMut(*const u8)) {
-    let start: *const u8 = std::ptr::from_ref(value).cast();
-    for offset in (0..std::mem::size_of::<T>()).step_by(64) {
-        each(start.wrapping_add(offset));
-    }
-}
-
 fn outside_estimate(media: &Media, twcc_enabled: bool) -> bool {
     media.kind().is_audio() && !twcc_enabled
 }

@@ -265,8 +265,6 @@ impl SrtpContext {
         )
     }
 
-    /// Moien patch 15: [`SrtpContext::protect_rtp`] with only the header fields it reads, for
-    /// a sender that wrote the header without keeping a copy of it.
     /// Moien patch 25: the RTP encryption's cipher object, for a prefetch.
     pub(crate) fn tx_footprint(&self, each: &mut impl FnMut(*const u8)) {
         let cipher: *const u8 = match &self.rtp {
@@ -277,6 +275,8 @@ impl SrtpContext {
         each(cipher);
     }
 
+    /// Moien patch 15: [`SrtpContext::protect_rtp`] with only the header fields it reads, for
+    /// a sender that wrote the header without keeping a copy of it.
     pub fn protect_rtp_parts(
         &mut self,
         buf: &[u8],
